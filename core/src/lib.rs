@@ -1,0 +1,15 @@
+//! Database-independent logic of pg_otp_auth.
+//!
+//! Everything here is plain Rust with unit tests beside it; the extension crate calls into these
+//! modules and keeps only the SQL glue for itself.
+
+pub mod config;
+pub mod error;
+pub mod otp;
+pub mod phone;
+pub mod profile;
+pub mod ratelimit;
+pub mod session;
+pub mod template;
+
+pub use error::AuthError;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what pg_otp_auth needs to build, run and test, then builds and installs the
+# extension into the system PostgreSQL 15. Idempotent: a second run only rebuilds what changed.
+# Run as root on Debian 12 (CI and the README commands do).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PGRX_VERSION=0.18.1
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo oathtool
+              python3 python3-venv build-essential pkg-config ca-certificates curl)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if ((${#need_apt[@]})); then
+    log "apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    log "installing the Rust toolchain with rustup"
+    apt-get install -y -qq rustup >/dev/null 2>&1 || true
+    if command -v rustup >/dev/null 2>&1; then
+        rustup default stable
+    else
+        echo "cargo not found and rustup unavailable: install Rust (rustup.rs) first" >&2
+        exit 1
+    fi
+fi
+
+if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
+    log "cargo install cargo-pgrx $PGRX_VERSION (about 5 minutes, once)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+if ! grep -qs "pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+    log "cargo pgrx init --pg15=$PG_CONFIG"
+    cargo pgrx init --pg15="$PG_CONFIG" >/dev/null
+fi
+
+log "building and installing the extension"
+(cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)

@@ -1,0 +1,193 @@
+-- The public SQL API of pg_otp_auth: the contract PostgREST and SQL clients call.
+--
+-- Each public function is a thin SECURITY DEFINER wrapper around an internal Rust function
+-- (auth._*) that returns {"ok": result} or {"error": {status, code, message, hint}}. The wrapper
+-- raises the error as SQLSTATE PT<status> (PostgREST answers HTTP <status>) with the stable code
+-- in DETAIL; raising here, after the Rust call returned, rolls back everything the call wrote.
+-- Only counters and audit rows that must survive a failure are written outside the
+-- transaction, by a background worker (see src/autonomous.rs).
+
+CREATE FUNCTION auth._unwrap(result jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e jsonb := result -> 'error';
+BEGIN
+    IF e IS NULL THEN
+        RETURN result -> 'ok';
+    END IF;
+    IF e ? 'hint' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT' || (e ->> 'status'), MESSAGE = e ->> 'message',
+            DETAIL = e ->> 'code', HINT = e ->> 'hint';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'PT' || (e ->> 'status'), MESSAGE = e ->> 'message',
+        DETAIL = e ->> 'code';
+END
+$$;
+
+-- Fresh secrets for a new install (a restore replaces them, see auth.secrets).
+INSERT INTO auth.secrets (name, value) VALUES
+    ('otp_pepper', auth._random_bytes(32)),
+    ('jwt_secret', convert_to(auth._random_secret_text(48), 'UTF8'));
+
+-- Identity of the caller, as PostgREST sets it from the verified JWT. Usable in RLS policies:
+--   CREATE POLICY own_rows ON notes USING (owner_id = auth.uid());
+CREATE FUNCTION auth.jwt() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('request.jwt.claims', true), ''), '{}')::jsonb
+$$;
+
+CREATE FUNCTION auth.uid() RETURNS uuid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                           auth.jwt() ->> 'sub'), '')::uuid
+$$;
+
+CREATE FUNCTION auth.role() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
+                    auth.jwt() ->> 'role')
+$$;
+
+CREATE FUNCTION auth.session_id() RETURNS uuid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT nullif(auth.jwt() ->> 'session_id', '')::uuid
+$$;
+
+CREATE FUNCTION auth.send_sms_otp(
+    phone text,
+    create_user boolean DEFAULT true,
+    data jsonb DEFAULT '{}',
+    captcha_token text DEFAULT NULL,
+    channel text DEFAULT 'sms'
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel))
+$$;
+
+CREATE FUNCTION auth.resend_sms_otp(phone text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._resend_sms_otp(phone))
+$$;
+
+CREATE FUNCTION auth.signup_sms_otp(phone text, options jsonb DEFAULT '{}') RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._signup_sms_otp(phone, options)) #>> '{}'
+$$;
+
+CREATE FUNCTION auth.verify_sms_otp(phone text, otp text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._verify_sms_otp(phone, otp))
+$$;
+
+CREATE FUNCTION auth.refresh_session(refresh_token text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._refresh_session(refresh_token))
+$$;
+
+CREATE FUNCTION auth.sign_out(scope text DEFAULT 'local') RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM auth._unwrap(auth._sign_out(scope));
+END
+$$;
+
+-- Administration: owner only (not executable by PUBLIC).
+
+CREATE FUNCTION auth.settings()
+RETURNS TABLE (name text, value jsonb, is_default boolean, description text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.name, s.value, s.is_default, s.description
+    FROM jsonb_to_recordset(auth._unwrap(auth._settings()))
+         AS s(name text, value jsonb, is_default boolean, description text)
+$$;
+
+CREATE FUNCTION auth.set_setting(name text, value jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._set_setting(name, value))
+$$;
+
+CREATE FUNCTION auth.reset_setting(name text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._reset_setting(name))
+$$;
+
+-- The secret PostgREST needs as jwt-secret (PGRST_JWT_SECRET).
+CREATE FUNCTION auth.jwt_secret() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT convert_from(value, 'UTF8') FROM auth.secrets WHERE name = 'jwt_secret'
+$$;
+
+CREATE FUNCTION auth.set_jwt_secret(secret text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF secret IS NULL OR octet_length(secret) < 32 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'The JWT secret must be at least 32 bytes.',
+            DETAIL = 'invalid-request';
+    END IF;
+    UPDATE auth.secrets SET value = convert_to(secret, 'UTF8'), created_at = now()
+    WHERE name = 'jwt_secret';
+END
+$$;
+
+CREATE FUNCTION auth.set_user_disabled(user_id uuid, disabled boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE auth.users u SET disabled = set_user_disabled.disabled, updated_at = now()
+    WHERE u.id = set_user_disabled.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such user.', DETAIL = 'user-not-found';
+    END IF;
+    IF set_user_disabled.disabled THEN
+        UPDATE auth.sessions s SET revoked_at = now(), revoked_reason = 'user_disabled'
+        WHERE s.user_id = set_user_disabled.user_id AND s.revoked_at IS NULL;
+    END IF;
+    INSERT INTO auth.audit_log (event, user_id, detail)
+    VALUES (CASE WHEN set_user_disabled.disabled THEN 'user_disabled' ELSE 'user_enabled' END,
+            set_user_disabled.user_id, '{}');
+END
+$$;
+
+-- Deletes what can no longer be used: dead codes, expired refresh tokens, sessions that can no
+-- longer be refreshed, and rate-limit events older than any window. Returns counts.
+CREATE FUNCTION auth.purge_expired(older_than interval DEFAULT '1 day') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cutoff timestamptz := now() - older_than;
+    n_codes bigint;
+    n_tokens bigint;
+    n_sessions bigint;
+    n_events bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'older_than must be a non-negative interval.',
+            DETAIL = 'invalid-request';
+    END IF;
+    DELETE FROM auth.otp_codes
+    WHERE expires_at < cutoff OR consumed_at < cutoff OR invalidated_at < cutoff;
+    GET DIAGNOSTICS n_codes = ROW_COUNT;
+    DELETE FROM auth.refresh_tokens WHERE expires_at < cutoff;
+    GET DIAGNOSTICS n_tokens = ROW_COUNT;
+    DELETE FROM auth.sessions s
+    WHERE s.revoked_at < cutoff
+       OR (s.created_at < cutoff
+           AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens r
+                           WHERE r.session_id = s.id AND r.expires_at >= now()));
+    GET DIAGNOSTICS n_sessions = ROW_COUNT;
+    DELETE FROM auth.send_events WHERE created_at < now() - interval '30 days' - older_than;
+    GET DIAGNOSTICS n_events = ROW_COUNT;
+    RETURN jsonb_build_object('otp_codes', n_codes, 'refresh_tokens', n_tokens,
+                              'sessions', n_sessions, 'send_events', n_events);
+END
+$$;
+
+-- Least privilege: nothing in schema auth is executable by PUBLIC unless granted below.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA auth FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    auth.jwt(), auth.uid(), auth.role(), auth.session_id(),
+    auth.send_sms_otp(text, boolean, jsonb, text, text),
+    auth.resend_sms_otp(text),
+    auth.signup_sms_otp(text, jsonb),
+    auth.verify_sms_otp(text, text),
+    auth.refresh_session(text),
+    auth.sign_out(text)
+TO PUBLIC;

@@ -1,0 +1,173 @@
+-- pg_otp_auth schema: tables, indexes, triggers and privileges.
+--
+-- Every table lives in schema auth, is owned by the extension owner and is readable by no
+-- client role: clients reach the data only through the SECURITY DEFINER functions in api.sql.
+-- Every table is registered with pg_extension_config_dump so pg_dump keeps its rows.
+
+GRANT USAGE ON SCHEMA auth TO PUBLIC;
+
+-- Settings a DBA has changed from their defaults (see auth.settings() for all of them).
+CREATE TABLE auth.config (
+    key        text PRIMARY KEY,
+    value      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The code-hashing pepper and the JWT signing secret. Readable by the extension owner only.
+CREATE TABLE auth.secrets (
+    name       text PRIMARY KEY CHECK (name IN ('otp_pepper', 'jwt_secret')),
+    value      bytea NOT NULL CHECK (octet_length(value) >= 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- CREATE EXTENSION generates fresh secrets; a restore then COPYs the dumped ones over them.
+-- Without this the COPY would fail on the primary key and every stored hash and issued token
+-- would be orphaned by the newly generated secrets.
+CREATE FUNCTION auth._secrets_restore_replaces() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE auth.secrets SET value = NEW.value, created_at = NEW.created_at WHERE name = NEW.name;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER secrets_restore_replaces BEFORE INSERT ON auth.secrets
+    FOR EACH ROW EXECUTE FUNCTION auth._secrets_restore_replaces();
+
+CREATE TABLE auth.users (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    phone              text UNIQUE CHECK (phone ~ '^\+[1-9][0-9]{7,14}$'),
+    phone_confirmed_at timestamptz,
+    email              text UNIQUE,
+    email_confirmed_at timestamptz,
+    display_name       text,
+    avatar_url         text,
+    locale             text NOT NULL,
+    default_role       text NOT NULL,
+    roles              text[] NOT NULL,
+    metadata           jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
+    is_anonymous       boolean NOT NULL DEFAULT false,
+    disabled           boolean NOT NULL DEFAULT false,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    last_sign_in_at    timestamptz,
+    CHECK (default_role = ANY (roles))
+);
+
+-- One-time codes, stored only as keyed hashes. subject is the phone for sign-in codes.
+CREATE TABLE auth.otp_codes (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id        uuid REFERENCES auth.users (id) ON DELETE CASCADE,
+    purpose        text NOT NULL,
+    subject        text NOT NULL,
+    code_hash      bytea NOT NULL,
+    attempts       integer NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    expires_at     timestamptz NOT NULL,
+    consumed_at    timestamptz,
+    invalidated_at timestamptz
+);
+CREATE INDEX otp_codes_live ON auth.otp_codes (subject, purpose, created_at DESC)
+    WHERE consumed_at IS NULL AND invalidated_at IS NULL;
+CREATE INDEX otp_codes_expires ON auth.otp_codes (expires_at);
+
+CREATE TABLE auth.sessions (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id        uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    aal            text NOT NULL DEFAULT 'aal1' CHECK (aal IN ('aal1', 'aal2')),
+    amr            jsonb NOT NULL DEFAULT '[]',
+    ip             inet,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    refreshed_at   timestamptz,
+    revoked_at     timestamptz,
+    revoked_reason text
+);
+CREATE INDEX sessions_user ON auth.sessions (user_id) WHERE revoked_at IS NULL;
+
+-- Refresh tokens, stored only as SHA-256 hashes. A rotated token keeps its row so that a late
+-- replay can be recognised as reuse.
+CREATE TABLE auth.refresh_tokens (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    session_id uuid NOT NULL REFERENCES auth.sessions (id) ON DELETE CASCADE,
+    parent_id  uuid,
+    token_hash bytea NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    rotated_at timestamptz
+);
+CREATE INDEX refresh_tokens_session ON auth.refresh_tokens (session_id);
+CREATE INDEX refresh_tokens_expires ON auth.refresh_tokens (expires_at);
+
+-- Messages for the dispatcher. body holds the plain code until the message is delivered or
+-- given up on; expires_at is the code's expiry, after which the message must not be sent.
+CREATE TABLE auth.sms_outbox (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    phone               text NOT NULL,
+    channel             text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
+    body                text,
+    captcha_token       text,
+    purpose             text NOT NULL,
+    user_id             uuid,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    expires_at          timestamptz NOT NULL,
+    status              text NOT NULL DEFAULT 'queued'
+                        CHECK (status IN ('queued', 'sending', 'sent', 'dead', 'expired')),
+    attempts            integer NOT NULL DEFAULT 0,
+    next_attempt_at     timestamptz NOT NULL DEFAULT now(),
+    lease_until         timestamptz,
+    provider_message_id text,
+    last_error          text,
+    sent_at             timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sms_outbox_due ON auth.sms_outbox (next_attempt_at) WHERE status IN ('queued', 'sending');
+
+CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('pg_otp_auth_outbox', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER sms_outbox_notify AFTER INSERT ON auth.sms_outbox
+    FOR EACH ROW EXECUTE FUNCTION auth._sms_outbox_notify();
+
+-- Every code request, for the rate limits. queued is false for requests that sent nothing
+-- (unknown phones), which still count against the per-phone and per-IP limits so that limits
+-- do not reveal whether a phone is registered.
+CREATE TABLE auth.send_events (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    phone      text NOT NULL,
+    ip         inet,
+    queued     boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX send_events_phone ON auth.send_events (phone, created_at);
+CREATE INDEX send_events_ip ON auth.send_events (ip, created_at) WHERE ip IS NOT NULL;
+CREATE INDEX send_events_queued ON auth.send_events (created_at) WHERE queued;
+
+CREATE TABLE auth.audit_log (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    event      text NOT NULL,
+    user_id    uuid,
+    phone      text,
+    ip         inet,
+    detail     jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_created ON auth.audit_log (created_at);
+CREATE INDEX audit_log_user ON auth.audit_log (user_id, created_at);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA auth FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('auth.config', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.users', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.otp_codes', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.refresh_tokens', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.sms_outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.send_events', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.audit_log', '');

@@ -1,0 +1,71 @@
+//! SPI helpers. Every query returns one jsonb column, so results land in serde types instead
+//! of per-column datum juggling.
+
+use pg_otp_auth_core::error::{AuthError, Result};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub type Arg<'a> = DatumWithOid<'a>;
+
+fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
+    AuthError::internal(format!("Database access failed: {e}"))
+}
+
+/// All rows of a query whose single column is jsonb.
+pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, args).map_err(spi_error)?;
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The first row of a query whose single column is jsonb, if any.
+pub fn row(sql: &str, args: &[Arg]) -> Result<Option<Value>> {
+    Ok(rows(sql, args)?.into_iter().next())
+}
+
+/// Like [`row`], deserialised.
+pub fn row_as<T: DeserializeOwned>(sql: &str, args: &[Arg]) -> Result<Option<T>> {
+    row(sql, args)?
+        .map(|v| {
+            serde_json::from_value(v)
+                .map_err(|e| AuthError::internal(format!("Unexpected row shape: {e}")))
+        })
+        .transpose()
+}
+
+/// A statement whose result is not needed.
+pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
+    Spi::connect_mut(|client| client.update(sql, None, args).map(|_| ()).map_err(spi_error))
+}
+
+pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, args).map_err(spi_error)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        table.first().get_one::<Vec<u8>>().map_err(spi_error)
+    })
+}
+
+pub fn jsonb(v: Value) -> Arg<'static> {
+    JsonB(v).into()
+}
+
+pub fn text(s: &str) -> Arg<'_> {
+    s.into()
+}
+
+pub fn opt_text(s: Option<&str>) -> Arg<'_> {
+    s.into()
+}

@@ -1,0 +1,203 @@
+//! Sessions: starting one, issuing tokens, rotating refresh tokens, signing out.
+
+use crate::autonomous::{self, Action};
+use crate::{config, db, request};
+use pg_otp_auth_core::config::Config;
+use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::session::{
+    build_claims, new_refresh_token, refresh_token_hash, refresh_token_well_formed, sign_hs256,
+    AuthMethod, TokenSettings, TokenSubject,
+};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The `user` object of a session, as the API returns it.
+pub const USER_JSON: &str = "jsonb_build_object(
+    'id', u.id, 'phone', u.phone, 'phone_verified', u.phone_confirmed_at IS NOT NULL,
+    'email', u.email, 'email_verified', u.email_confirmed_at IS NOT NULL,
+    'display_name', u.display_name, 'avatar_url', u.avatar_url, 'locale', u.locale,
+    'default_role', u.default_role, 'roles', to_jsonb(u.roles), 'metadata', u.metadata,
+    'is_anonymous', u.is_anonymous, 'created_at', u.created_at,
+    'last_sign_in_at', u.last_sign_in_at, 'active_mfa_type', NULL)";
+
+#[derive(Deserialize)]
+struct SessionRow {
+    aal: String,
+    amr: Vec<AuthMethod>,
+    now: i64,
+    user: Value,
+}
+
+/// Starts an aal1 session for `user_id`, authenticated by `method`, and issues its tokens.
+pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Result<Value> {
+    let id = db::row(
+        "INSERT INTO auth.sessions (user_id, aal, amr, ip)
+         VALUES ($1::uuid, 'aal1',
+                 jsonb_build_array(jsonb_build_object('method', $2::text,
+                                                      'timestamp', extract(epoch FROM now())::bigint)),
+                 $3::inet)
+         RETURNING to_jsonb(id)",
+        &[db::text(user_id), db::text(method), db::opt_text(ip)],
+    )?
+    .and_then(|v| v.as_str().map(str::to_string))
+    .ok_or_else(|| AuthError::internal("The session could not be created."))?;
+    issue(cfg, &id, None)
+}
+
+/// Issues an access token and a new refresh token for an existing session.
+pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Value> {
+    let sql = format!(
+        "SELECT jsonb_build_object('aal', s.aal, 'amr', s.amr,
+                                   'now', extract(epoch FROM now())::bigint, 'user', {USER_JSON})
+         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
+         WHERE s.id = $1::uuid"
+    );
+    let s: SessionRow = db::row_as(&sql, &[db::text(session_id)])?
+        .ok_or_else(|| AuthError::internal("The session vanished while issuing tokens."))?;
+    let refresh_token = new_refresh_token()?;
+    let refresh_token_id = db::row(
+        "INSERT INTO auth.refresh_tokens (session_id, parent_id, token_hash, expires_at)
+         VALUES ($1::uuid, $2::uuid, $3, now() + make_interval(secs => $4))
+         RETURNING to_jsonb(id)",
+        &[
+            db::text(session_id),
+            db::opt_text(parent_token_id),
+            refresh_token_hash(&refresh_token).into(),
+            cfg.refresh_token_ttl.into(),
+        ],
+    )?
+    .unwrap_or(Value::Null);
+
+    let user = &s.user;
+    let user_id = user["id"].as_str().unwrap_or_default();
+    let roles: Vec<String> = serde_json::from_value(user["roles"].clone()).unwrap_or_default();
+    let subject = TokenSubject {
+        user_id,
+        phone: user["phone"].as_str().unwrap_or_default(),
+        default_role: user["default_role"].as_str().unwrap_or_default(),
+        roles: &roles,
+        session_id,
+        aal: &s.aal,
+        amr: s.amr.clone(),
+        is_anonymous: user["is_anonymous"].as_bool().unwrap_or(false),
+        user_metadata: user["metadata"].clone(),
+    };
+    let settings = TokenSettings {
+        audience: &cfg.jwt_aud,
+        issuer: &cfg.jwt_issuer,
+        lifetime_seconds: cfg.jwt_exp,
+        hasura_claims: cfg.hasura_claims,
+    };
+    let claims = build_claims(&subject, &settings, s.now);
+    let access_token = sign_hs256(&claims, &config::secret("jwt_secret")?)?;
+    Ok(json!({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": cfg.jwt_exp,
+        "expires_at": claims.exp,
+        "refresh_token": refresh_token,
+        "refresh_token_id": refresh_token_id,
+        "user": s.user,
+    }))
+}
+
+#[derive(Deserialize)]
+struct PresentedToken {
+    id: String,
+    session_id: String,
+    expired: bool,
+    rotated_age: Option<f64>,
+    session_revoked: bool,
+    disabled: bool,
+}
+
+fn refresh(token: Option<&str>) -> Result<Value> {
+    let token = token.ok_or_else(|| AuthError::missing("refresh_token"))?;
+    if !refresh_token_well_formed(token) {
+        return Err(AuthError::invalid_refresh_token());
+    }
+    let cfg = config::load()?;
+    let t: PresentedToken = db::row_as(
+        "SELECT jsonb_build_object(
+                    'id', r.id, 'session_id', r.session_id, 'expired', r.expires_at <= now(),
+                    'rotated_age', extract(epoch FROM now() - r.rotated_at),
+                    'session_revoked', s.revoked_at IS NOT NULL, 'disabled', u.disabled)
+         FROM auth.refresh_tokens r
+         JOIN auth.sessions s ON s.id = r.session_id
+         JOIN auth.users u ON u.id = s.user_id
+         WHERE r.token_hash = $1",
+        &[refresh_token_hash(token).into()],
+    )?
+    .ok_or_else(AuthError::invalid_refresh_token)?;
+    if t.session_revoked || t.expired {
+        return Err(AuthError::invalid_refresh_token());
+    }
+    if t.disabled {
+        return Err(AuthError::new(403, "disabled-user", "This account is disabled."));
+    }
+    if let Some(age) = t.rotated_age {
+        if age > cfg.refresh_reuse_grace as f64 {
+            // A token rotated a while ago is being replayed: someone else holds a copy.
+            autonomous::perform(&Action::RefreshTokenReused {
+                token_id: t.id.clone(),
+                ip: request::client_ip()?,
+            });
+            return Err(AuthError::new(
+                401,
+                "refresh-token-reused",
+                "This refresh token was already used; the session has been revoked.",
+            ));
+        }
+        // Inside the grace period (two tabs refreshing at once): issue a sibling token.
+        return issue(&cfg, &t.session_id, Some(&t.id));
+    }
+    // Losing a race here means a concurrent call rotated it just now, which is within grace.
+    db::run(
+        "UPDATE auth.refresh_tokens SET rotated_at = now() WHERE id = $1::uuid AND rotated_at IS NULL",
+        &[db::text(&t.id)],
+    )?;
+    db::run(
+        "UPDATE auth.sessions SET refreshed_at = now() WHERE id = $1::uuid",
+        &[db::text(&t.session_id)],
+    )?;
+    issue(&cfg, &t.session_id, Some(&t.id))
+}
+
+fn sign_out(scope: Option<&str>) -> Result<Value> {
+    let scope = scope.ok_or_else(|| AuthError::missing("scope"))?;
+    if !matches!(scope, "local" | "global" | "others") {
+        return Err(AuthError::invalid_request("scope must be local, global or others."));
+    }
+    let current = request::current_session()?;
+    db::run(
+        "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'sign_out'
+         WHERE revoked_at IS NULL AND CASE $3
+             WHEN 'local' THEN id = $2::uuid
+             WHEN 'global' THEN user_id = $1::uuid
+             ELSE user_id = $1::uuid AND id <> $2::uuid END",
+        &[db::text(&current.user_id), db::text(&current.session_id), db::text(scope)],
+    )?;
+    db::run(
+        "INSERT INTO auth.audit_log (event, user_id, ip, detail)
+         VALUES ('sign_out', $1::uuid, $2::inet, jsonb_build_object('scope', $3::text, 'session_id', $4::text))",
+        &[
+            db::text(&current.user_id),
+            db::opt_text(request::client_ip()?.as_deref()),
+            db::text(scope),
+            db::text(&current.session_id),
+        ],
+    )?;
+    Ok(Value::Null)
+}
+
+#[pg_extern(name = "_refresh_session")]
+fn refresh_session_impl(refresh_token: Option<&str>) -> JsonB {
+    crate::respond(refresh(refresh_token))
+}
+
+#[pg_extern(name = "_sign_out")]
+fn sign_out_impl(scope: Option<&str>) -> JsonB {
+    crate::respond(sign_out(scope))
+}

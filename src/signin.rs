@@ -1,0 +1,392 @@
+//! Phone sign-in: sending one-time codes and exchanging them for sessions.
+
+use crate::autonomous::{self, Action};
+use crate::{config, db, request, session};
+use pg_otp_auth_core::config::Config;
+use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::profile::{self, Policy, Profile};
+use pg_otp_auth_core::{otp, phone, ratelimit, template};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const PURPOSE: &str = "signin";
+const MAX_CAPTCHA_TOKEN: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+struct UserRef {
+    id: String,
+    disabled: bool,
+    locale: String,
+}
+
+fn policy(cfg: &Config) -> Policy<'_> {
+    Policy {
+        allowed_roles: &cfg.allowed_roles,
+        default_role: &cfg.default_role,
+        allowed_locales: &cfg.allowed_locales,
+        default_locale: &cfg.default_locale,
+        allowed_redirect_prefixes: &cfg.allowed_redirect_prefixes,
+    }
+}
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T> {
+    v.ok_or_else(|| AuthError::missing(name))
+}
+
+fn channel(c: &str) -> Result<&'static str> {
+    match c {
+        "sms" => Ok("sms"),
+        "whatsapp" => Ok("whatsapp"),
+        _ => Err(AuthError::invalid_request("channel must be sms or whatsapp.")),
+    }
+}
+
+fn captcha(token: Option<&str>) -> Result<Option<&str>> {
+    match token {
+        Some(t) if t.is_empty() || t.len() > MAX_CAPTCHA_TOKEN || t.chars().any(char::is_control) => {
+            Err(AuthError::invalid_request("captcha_token is malformed."))
+        }
+        other => Ok(other),
+    }
+}
+
+fn find_user(phone: &str) -> Result<Option<UserRef>> {
+    db::row_as(
+        "SELECT jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)
+         FROM auth.users WHERE phone = $1",
+        &[db::text(phone)],
+    )
+}
+
+fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<UserRef> {
+    let user: UserRef = db::row_as(
+        "INSERT INTO auth.users (phone, locale, default_role, roles, metadata, display_name)
+         VALUES ($1, $2, $3, ARRAY(SELECT jsonb_array_elements_text($4)), $5, $6)
+         RETURNING jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)",
+        &[
+            db::text(phone),
+            db::text(&p.locale),
+            db::text(&p.default_role),
+            db::jsonb(json!(p.roles)),
+            db::jsonb(p.metadata.clone()),
+            db::opt_text(p.display_name.as_deref()),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The user could not be created."))?;
+    audit("user_created", Some(&user.id), Some(phone), ip)?;
+    Ok(user)
+}
+
+fn audit(event: &str, user_id: Option<&str>, phone: Option<&str>, ip: Option<&str>) -> Result<()> {
+    db::run(
+        "INSERT INTO auth.audit_log (event, user_id, phone, ip) VALUES ($1, $2::uuid, $3, $4::inet)",
+        &[db::text(event), db::opt_text(user_id), db::opt_text(phone), db::opt_text(ip)],
+    )
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    phone: Vec<f64>,
+    last: Option<f64>,
+    ip: Vec<f64>,
+    global: Vec<f64>,
+}
+
+/// Applies the cooldown and the per-phone, per-IP and global limits, then records this request.
+///
+/// Sends for one phone are serialised by an advisory lock so that concurrent requests cannot
+/// all slip under the limit; per-IP and global limits are approximate under concurrency.
+fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool) -> Result<()> {
+    let u: Usage = db::row_as(
+        "SELECT jsonb_build_object(
+            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
+                ORDER BY created_at DESC LIMIT $3) x),
+            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
+                     FROM auth.send_events WHERE phone = $1),
+            'ip', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE $4::inet IS NOT NULL AND ip = $4::inet
+                  AND created_at > now() - make_interval(secs => $5)
+                ORDER BY created_at DESC LIMIT $6) x),
+            'global', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE queued AND created_at > now() - interval '1 hour'
+                ORDER BY created_at DESC LIMIT $7) x))",
+        &[
+            db::text(phone),
+            cfg.sms_rate_per_phone_window.into(),
+            cfg.sms_rate_per_phone.into(),
+            db::opt_text(ip),
+            cfg.sms_rate_per_ip_window.into(),
+            cfg.sms_rate_per_ip.into(),
+            cfg.sms_budget_per_hour.into(),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
+
+    let too_many = "Too many codes were requested for this phone number.";
+    if let Some(s) = ratelimit::cooldown_retry_after(u.last, cfg.resend_cooldown as f64) {
+        return Err(AuthError::rate_limited("over-sms-send-rate-limit", "A new code can be requested shortly.", s));
+    }
+    if let Some(s) = ratelimit::sliding_window_retry_after(&u.phone, cfg.sms_rate_per_phone, cfg.sms_rate_per_phone_window as f64) {
+        return Err(AuthError::rate_limited("over-sms-send-rate-limit", too_many, s));
+    }
+    if ip.is_some() {
+        if let Some(s) = ratelimit::sliding_window_retry_after(&u.ip, cfg.sms_rate_per_ip, cfg.sms_rate_per_ip_window as f64) {
+            return Err(AuthError::rate_limited("over-request-rate-limit", "Too many requests from this address.", s));
+        }
+    }
+    if let Some(s) = ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0) {
+        return Err(AuthError::rate_limited("over-sms-send-rate-limit", "The service has sent too many messages; try again later.", s));
+    }
+    db::run(
+        "INSERT INTO auth.send_events (phone, ip, queued) VALUES ($1, $2::inet, $3)",
+        &[db::text(phone), db::opt_text(ip), will_queue.into()],
+    )
+}
+
+fn lock_phone(phone: &str) -> Result<()> {
+    db::run(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:' || $1, 0))",
+        &[db::text(phone)],
+    )
+}
+
+#[derive(Deserialize)]
+struct Issued {
+    id: Value,
+    expires_at: Value,
+}
+
+/// Issues a code for `phone` and queues its message, or (for `user == None`) answers the same
+/// shape without storing or queueing anything, so callers cannot tell the two apart.
+fn deliver(
+    cfg: &Config,
+    phone: &str,
+    user: Option<&UserRef>,
+    channel: &str,
+    captcha_token: Option<&str>,
+) -> Result<Value> {
+    let answer = |i: Issued| {
+        json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at})
+    };
+    let Some(user) = user else {
+        let fake: Issued = db::row_as(
+            "SELECT jsonb_build_object('id', gen_random_uuid(), 'expires_at', now() + make_interval(secs => $1))",
+            &[cfg.otp_ttl.into()],
+        )?
+        .ok_or_else(|| AuthError::internal("now() failed"))?;
+        return Ok(answer(fake));
+    };
+    db::run(
+        "UPDATE auth.otp_codes SET invalidated_at = now()
+         WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL",
+        &[db::text(phone), db::text(PURPOSE)],
+    )?;
+    let test_code = cfg.test_otp.get(phone);
+    let code = match test_code {
+        Some(c) => c.clone(),
+        None => otp::generate_code(cfg.otp_length)?,
+    };
+    let pepper = config::secret("otp_pepper")?;
+    let issued: Issued = db::row_as(
+        "INSERT INTO auth.otp_codes (user_id, purpose, subject, code_hash, expires_at)
+         VALUES ($1::uuid, $2, $3, $4, now() + make_interval(secs => $5))
+         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
+        &[
+            db::text(&user.id),
+            db::text(PURPOSE),
+            db::text(phone),
+            otp::hash_code(&pepper, PURPOSE, phone, &code).into(),
+            cfg.otp_ttl.into(),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
+    if test_code.is_some() {
+        // Test numbers are for development: the fixed code is known, nothing is sent.
+        return Ok(answer(issued));
+    }
+    let ttl_minutes = (cfg.otp_ttl + 59) / 60;
+    let body = template::render(cfg.template_for(Some(&user.locale)), &code, ttl_minutes)?;
+    let message: Issued = db::row_as(
+        "INSERT INTO auth.sms_outbox (phone, channel, body, captcha_token, purpose, user_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6::uuid, $7::timestamptz)
+         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
+        &[
+            db::text(phone),
+            db::text(channel),
+            db::text(&body),
+            db::opt_text(captcha_token),
+            db::text(PURPOSE),
+            db::text(&user.id),
+            db::text(issued.expires_at.as_str().unwrap_or_default()),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The message could not be queued."))?;
+    Ok(answer(message))
+}
+
+fn send_sms_otp(
+    phone: Option<&str>,
+    create_user: Option<bool>,
+    data: Option<JsonB>,
+    captcha_token: Option<&str>,
+    channel_name: Option<&str>,
+) -> Result<Value> {
+    let phone = phone::normalize(required(phone, "phone")?)?;
+    let create = required(create_user, "create_user")?;
+    let JsonB(data) = required(data, "data")?;
+    profile::check_metadata(&data)?;
+    let channel = channel(required(channel_name, "channel")?)?;
+    let captcha_token = captcha(captcha_token)?;
+    let cfg = config::load()?;
+    let ip = request::client_ip()?;
+    lock_phone(&phone)?;
+    let existing = find_user(&phone)?;
+    let creating = existing.is_none() && create && !cfg.disable_signup;
+    let queues = creating || existing.as_ref().is_some_and(|u| !u.disabled);
+    admit_send(&cfg, &phone, ip.as_deref(), queues)?;
+    let user = if creating {
+        let profile = Profile { metadata: data, ..Profile::default_for(&policy(&cfg)) };
+        Some(insert_user(&phone, &profile, ip.as_deref())?)
+    } else {
+        existing.filter(|u| !u.disabled)
+    };
+    deliver(&cfg, &phone, user.as_ref(), channel, captcha_token)
+}
+
+fn last_channel(phone: &str) -> Result<&'static str> {
+    let c = db::row(
+        "SELECT to_jsonb(channel) FROM auth.sms_outbox WHERE phone = $1 ORDER BY created_at DESC LIMIT 1",
+        &[db::text(phone)],
+    )?;
+    channel(c.as_ref().and_then(Value::as_str).unwrap_or("sms"))
+}
+
+fn resend_sms_otp(phone: Option<&str>) -> Result<Value> {
+    let phone = phone::normalize(required(phone, "phone")?)?;
+    let cfg = config::load()?;
+    let ip = request::client_ip()?;
+    lock_phone(&phone)?;
+    let user = find_user(&phone)?;
+    let target = user.as_ref().filter(|u| !u.disabled);
+    admit_send(&cfg, &phone, ip.as_deref(), target.is_some())?;
+    let channel = last_channel(&phone)?;
+    deliver(&cfg, &phone, target, channel, None)
+}
+
+fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> {
+    let phone = phone::normalize(required(phone, "phone")?)?;
+    let JsonB(options) = required(options, "options")?;
+    let cfg = config::load()?;
+    let profile = profile::from_options(&options, &policy(&cfg))?;
+    if cfg.disable_signup {
+        return Err(AuthError::new(403, "signup-disabled", "Sign-up is disabled."));
+    }
+    let ip = request::client_ip()?;
+    lock_phone(&phone)?;
+    if find_user(&phone)?.is_some() {
+        // Same answer as a new sign-up, and nothing is sent or changed.
+        admit_send(&cfg, &phone, ip.as_deref(), false)?;
+        return Ok(json!("OK"));
+    }
+    admit_send(&cfg, &phone, ip.as_deref(), true)?;
+    let user = insert_user(&phone, &profile, ip.as_deref())?;
+    deliver(&cfg, &phone, Some(&user), "sms", None)?;
+    Ok(json!("OK"))
+}
+
+#[derive(Deserialize)]
+struct LiveCode {
+    id: String,
+    hash: String,
+    attempts: i64,
+    live: bool,
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
+    let phone = phone::normalize(required(phone, "phone")?)?;
+    let code = required(code, "otp")?;
+    let cfg = config::load()?;
+    otp::check_format(code, cfg.otp_length)?;
+    let ip = request::client_ip()?;
+    let live: Option<LiveCode> = db::row_as(
+        "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
+                                   'attempts', attempts, 'live', expires_at > now())
+         FROM auth.otp_codes
+         WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL
+         ORDER BY created_at DESC LIMIT 1",
+        &[db::text(&phone), db::text(PURPOSE)],
+    )?;
+    let pepper = config::secret("otp_pepper")?;
+    // Hash even when there is nothing to compare with, so both paths cost the same.
+    let stored = live.as_ref().map(|c| from_hex(&c.hash)).unwrap_or_default();
+    let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
+    let usable = live.as_ref().is_some_and(|c| c.live && c.attempts < cfg.otp_max_attempts);
+    if !(matches && usable) {
+        autonomous::perform(&Action::CodeAttemptFailed {
+            code_id: live.map(|c| c.id),
+            subject: phone,
+            ip,
+        });
+        return Err(AuthError::invalid_otp());
+    }
+    let code_id = live.map(|c| c.id).unwrap_or_default();
+    // Single use: of concurrent calls with the right code, exactly one updates the row.
+    let user_id = db::row(
+        "UPDATE auth.otp_codes SET consumed_at = now()
+         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
+           AND expires_at > now() AND attempts < $2
+         RETURNING to_jsonb(user_id)",
+        &[db::text(&code_id), cfg.otp_max_attempts.into()],
+    )?
+    .and_then(|v| v.as_str().map(str::to_string))
+    .ok_or_else(AuthError::invalid_otp)?;
+    let disabled = db::row("SELECT to_jsonb(disabled) FROM auth.users WHERE id = $1::uuid", &[db::text(&user_id)])?;
+    if disabled != Some(Value::Bool(false)) {
+        return Err(AuthError::new(403, "disabled-user", "This account is disabled."));
+    }
+    db::run(
+        "UPDATE auth.users SET phone_confirmed_at = coalesce(phone_confirmed_at, now()),
+                               last_sign_in_at = now(), updated_at = now()
+         WHERE id = $1::uuid",
+        &[db::text(&user_id)],
+    )?;
+    let session = session::start(&cfg, &user_id, "sms", ip.as_deref())?;
+    audit("sign_in", Some(&user_id), Some(&phone), ip.as_deref())?;
+    Ok(json!({"session": session, "mfa": null}))
+}
+
+#[pg_extern(name = "_send_sms_otp")]
+fn send_sms_otp_impl(
+    phone: Option<&str>,
+    create_user: Option<bool>,
+    data: Option<JsonB>,
+    captcha_token: Option<&str>,
+    channel: Option<&str>,
+) -> JsonB {
+    crate::respond(send_sms_otp(phone, create_user, data, captcha_token, channel))
+}
+
+#[pg_extern(name = "_resend_sms_otp")]
+fn resend_sms_otp_impl(phone: Option<&str>) -> JsonB {
+    crate::respond(resend_sms_otp(phone))
+}
+
+#[pg_extern(name = "_signup_sms_otp")]
+fn signup_sms_otp_impl(phone: Option<&str>, options: Option<JsonB>) -> JsonB {
+    crate::respond(signup_sms_otp(phone, options))
+}
+
+#[pg_extern(name = "_verify_sms_otp")]
+fn verify_sms_otp_impl(phone: Option<&str>, otp: Option<&str>) -> JsonB {
+    crate::respond(verify_sms_otp(phone, otp))
+}
