@@ -27,14 +27,10 @@ if ! command -v cargo >/dev/null 2>&1; then
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
+    # Debian 12's packaged rustc (1.63) is too old for pgrx; use rustup's stable toolchain.
     log "installing the Rust toolchain with rustup"
-    apt-get install -y -qq rustup >/dev/null 2>&1 || true
-    if command -v rustup >/dev/null 2>&1; then
-        rustup default stable
-    else
-        echo "cargo not found and rustup unavailable: install Rust (rustup.rs) first" >&2
-        exit 1
-    fi
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . "$HOME/.cargo/env"
 fi
 
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then

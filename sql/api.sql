@@ -32,24 +32,24 @@ INSERT INTO auth.secrets (name, value) VALUES
 -- Identity of the caller, as PostgREST sets it from the verified JWT. Usable in RLS policies:
 --   CREATE POLICY own_rows ON notes USING (owner_id = auth.uid());
 CREATE FUNCTION auth.jwt() RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('request.jwt.claims', true), ''), '{}')::jsonb
 $$;
 
 CREATE FUNCTION auth.uid() RETURNS uuid
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
                            auth.jwt() ->> 'sub'), '')::uuid
 $$;
 
 CREATE FUNCTION auth.role() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
                     auth.jwt() ->> 'role')
 $$;
 
 CREATE FUNCTION auth.session_id() RETURNS uuid
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(auth.jwt() ->> 'session_id', '')::uuid
 $$;
 

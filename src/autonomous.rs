@@ -9,7 +9,9 @@
 //!
 //! Only failure paths start a worker, so successful sign-ins cost nothing extra.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -19,9 +21,16 @@ use std::time::Duration;
 pub enum Action {
     /// A wrong guess at a stored code: count it and audit it. `code_id` is None when the phone
     /// had no live code (audited only).
-    CodeAttemptFailed { code_id: Option<String>, subject: String, ip: Option<String> },
+    CodeAttemptFailed {
+        code_id: Option<String>,
+        subject: String,
+        ip: Option<String>,
+    },
     /// A rotated refresh token presented after the grace period: revoke the whole session.
-    RefreshTokenReused { token_id: String, ip: Option<String> },
+    RefreshTokenReused {
+        token_id: String,
+        ip: Option<String>,
+    },
 }
 
 const SEP: char = '|';
@@ -32,7 +41,11 @@ impl Action {
     fn encode(&self) -> String {
         let o = |v: &Option<String>| v.clone().unwrap_or_default();
         match self {
-            Action::CodeAttemptFailed { code_id, subject, ip } => {
+            Action::CodeAttemptFailed {
+                code_id,
+                subject,
+                ip,
+            } => {
                 format!("code_failed{SEP}{}{SEP}{subject}{SEP}{}", o(code_id), o(ip))
             }
             Action::RefreshTokenReused { token_id, ip } => {
@@ -50,9 +63,10 @@ impl Action {
                 subject: subject.to_string(),
                 ip: opt(ip),
             }),
-            ["refresh_reused", token_id, ip] => {
-                Some(Action::RefreshTokenReused { token_id: token_id.to_string(), ip: opt(ip) })
-            }
+            ["refresh_reused", token_id, ip] => Some(Action::RefreshTokenReused {
+                token_id: token_id.to_string(),
+                ip: opt(ip),
+            }),
             _ => None,
         }
     }
@@ -108,7 +122,11 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
         Spi::run("SET LOCAL lock_timeout = '5s'").expect("SET lock_timeout");
         Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").expect("SET search_path");
         match action {
-            Action::CodeAttemptFailed { code_id, subject, ip } => {
+            Action::CodeAttemptFailed {
+                code_id,
+                subject,
+                ip,
+            } => {
                 let args: [DatumWithOid; 3] = [code_id.into(), subject.into(), ip.into()];
                 Spi::run_with_args(
                     "WITH c AS (
@@ -159,8 +177,15 @@ mod tests {
                 subject: "+123456789012345".into(),
                 ip: long_ip.clone(),
             },
-            Action::CodeAttemptFailed { code_id: None, subject: "+15550001111".into(), ip: None },
-            Action::RefreshTokenReused { token_id: "6f1c0a4e-0000-4000-8000-000000000001".into(), ip: long_ip },
+            Action::CodeAttemptFailed {
+                code_id: None,
+                subject: "+15550001111".into(),
+                ip: None,
+            },
+            Action::RefreshTokenReused {
+                token_id: "6f1c0a4e-0000-4000-8000-000000000001".into(),
+                ip: long_ip,
+            },
         ] {
             let e = a.encode();
             assert!(e.len() <= MAX_PAYLOAD, "{e}");

@@ -8,7 +8,10 @@ use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 fn overrides() -> Result<Map<String, Value>> {
-    let v = db::row("SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM auth.config", &[])?;
+    let v = db::row(
+        "SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM auth.config",
+        &[],
+    )?;
     Ok(v.and_then(|v| v.as_object().cloned()).unwrap_or_default())
 }
 
@@ -17,8 +20,11 @@ pub fn load() -> Result<Config> {
 }
 
 pub fn secret(name: &str) -> Result<Vec<u8>> {
-    db::bytes("SELECT value FROM auth.secrets WHERE name = $1", &[db::text(name)])?
-        .ok_or_else(|| AuthError::internal(format!("The {name} secret is missing.")))
+    db::bytes(
+        "SELECT value FROM auth.secrets WHERE name = $1",
+        &[db::text(name)],
+    )?
+    .ok_or_else(|| AuthError::internal(format!("The {name} secret is missing.")))
 }
 
 fn listing() -> Result<Value> {
@@ -85,5 +91,8 @@ fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> JsonB {
 
 #[pg_extern(name = "_reset_setting")]
 fn reset_setting_impl(name: Option<&str>) -> JsonB {
-    crate::respond(name.ok_or_else(|| AuthError::missing("name")).and_then(reset))
+    crate::respond(
+        name.ok_or_else(|| AuthError::missing("name"))
+            .and_then(reset),
+    )
 }

@@ -45,7 +45,12 @@ pub fn row_as<T: DeserializeOwned>(sql: &str, args: &[Arg]) -> Result<Option<T>>
 
 /// A statement whose result is not needed.
 pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
-    Spi::connect_mut(|client| client.update(sql, None, args).map(|_| ()).map_err(spi_error))
+    Spi::connect_mut(|client| {
+        client
+            .update(sql, None, args)
+            .map(|_| ())
+            .map_err(spi_error)
+    })
 }
 
 pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {

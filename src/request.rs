@@ -17,7 +17,10 @@ pub fn client_ip() -> Result<Option<String>> {
     let forwarded = v["headers"]
         .as_str()
         .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
-        .and_then(|h| h.get("x-forwarded-for").and_then(|x| x.as_str().map(str::to_string)));
+        .and_then(|h| {
+            h.get("x-forwarded-for")
+                .and_then(|x| x.as_str().map(str::to_string))
+        });
     Ok(pick_ip(forwarded.as_deref(), v["peer"].as_str()))
 }
 
@@ -57,9 +60,18 @@ mod tests {
 
     #[test]
     fn first_forwarded_entry_wins() {
-        assert_eq!(pick_ip(Some("203.0.113.7, 10.0.0.1"), Some("10.0.0.2")).as_deref(), Some("203.0.113.7"));
-        assert_eq!(pick_ip(Some("garbage"), Some("10.0.0.2")).as_deref(), Some("10.0.0.2"));
+        assert_eq!(
+            pick_ip(Some("203.0.113.7, 10.0.0.1"), Some("10.0.0.2")).as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(
+            pick_ip(Some("garbage"), Some("10.0.0.2")).as_deref(),
+            Some("10.0.0.2")
+        );
         assert_eq!(pick_ip(None, None), None);
-        assert_eq!(pick_ip(Some(" 2001:db8::1 "), None).as_deref(), Some("2001:db8::1"));
+        assert_eq!(
+            pick_ip(Some(" 2001:db8::1 "), None).as_deref(),
+            Some("2001:db8::1")
+        );
     }
 }

@@ -36,7 +36,7 @@ pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Res
         "INSERT INTO auth.sessions (user_id, aal, amr, ip)
          VALUES ($1::uuid, 'aal1',
                  jsonb_build_array(jsonb_build_object('method', $2::text,
-                                                      'timestamp', extract(epoch FROM now())::bigint)),
+                                                      'timestamp', floor(extract(epoch FROM now()))::bigint)),
                  $3::inet)
          RETURNING to_jsonb(id)",
         &[db::text(user_id), db::text(method), db::opt_text(ip)],
@@ -50,7 +50,7 @@ pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Res
 pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Value> {
     let sql = format!(
         "SELECT jsonb_build_object('aal', s.aal, 'amr', s.amr,
-                                   'now', extract(epoch FROM now())::bigint, 'user', {USER_JSON})
+                                   'now', floor(extract(epoch FROM now()))::bigint, 'user', {USER_JSON})
          FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
          WHERE s.id = $1::uuid"
     );
@@ -135,7 +135,11 @@ fn refresh(token: Option<&str>) -> Result<Value> {
         return Err(AuthError::invalid_refresh_token());
     }
     if t.disabled {
-        return Err(AuthError::new(403, "disabled-user", "This account is disabled."));
+        return Err(AuthError::new(
+            403,
+            "disabled-user",
+            "This account is disabled.",
+        ));
     }
     if let Some(age) = t.rotated_age {
         if age > cfg.refresh_reuse_grace as f64 {
@@ -168,7 +172,9 @@ fn refresh(token: Option<&str>) -> Result<Value> {
 fn sign_out(scope: Option<&str>) -> Result<Value> {
     let scope = scope.ok_or_else(|| AuthError::missing("scope"))?;
     if !matches!(scope, "local" | "global" | "others") {
-        return Err(AuthError::invalid_request("scope must be local, global or others."));
+        return Err(AuthError::invalid_request(
+            "scope must be local, global or others.",
+        ));
     }
     let current = request::current_session()?;
     db::run(
@@ -177,7 +183,11 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
              WHEN 'local' THEN id = $2::uuid
              WHEN 'global' THEN user_id = $1::uuid
              ELSE user_id = $1::uuid AND id <> $2::uuid END",
-        &[db::text(&current.user_id), db::text(&current.session_id), db::text(scope)],
+        &[
+            db::text(&current.user_id),
+            db::text(&current.session_id),
+            db::text(scope),
+        ],
     )?;
     db::run(
         "INSERT INTO auth.audit_log (event, user_id, ip, detail)

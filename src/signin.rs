@@ -39,13 +39,17 @@ fn channel(c: &str) -> Result<&'static str> {
     match c {
         "sms" => Ok("sms"),
         "whatsapp" => Ok("whatsapp"),
-        _ => Err(AuthError::invalid_request("channel must be sms or whatsapp.")),
+        _ => Err(AuthError::invalid_request(
+            "channel must be sms or whatsapp.",
+        )),
     }
 }
 
 fn captcha(token: Option<&str>) -> Result<Option<&str>> {
     match token {
-        Some(t) if t.is_empty() || t.len() > MAX_CAPTCHA_TOKEN || t.chars().any(char::is_control) => {
+        Some(t)
+            if t.is_empty() || t.len() > MAX_CAPTCHA_TOKEN || t.chars().any(char::is_control) =>
+        {
             Err(AuthError::invalid_request("captcha_token is malformed."))
         }
         other => Ok(other),
@@ -130,18 +134,44 @@ fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool) -> 
 
     let too_many = "Too many codes were requested for this phone number.";
     if let Some(s) = ratelimit::cooldown_retry_after(u.last, cfg.resend_cooldown as f64) {
-        return Err(AuthError::rate_limited("over-sms-send-rate-limit", "A new code can be requested shortly.", s));
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            "A new code can be requested shortly.",
+            s,
+        ));
     }
-    if let Some(s) = ratelimit::sliding_window_retry_after(&u.phone, cfg.sms_rate_per_phone, cfg.sms_rate_per_phone_window as f64) {
-        return Err(AuthError::rate_limited("over-sms-send-rate-limit", too_many, s));
+    if let Some(s) = ratelimit::sliding_window_retry_after(
+        &u.phone,
+        cfg.sms_rate_per_phone,
+        cfg.sms_rate_per_phone_window as f64,
+    ) {
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            too_many,
+            s,
+        ));
     }
     if ip.is_some() {
-        if let Some(s) = ratelimit::sliding_window_retry_after(&u.ip, cfg.sms_rate_per_ip, cfg.sms_rate_per_ip_window as f64) {
-            return Err(AuthError::rate_limited("over-request-rate-limit", "Too many requests from this address.", s));
+        if let Some(s) = ratelimit::sliding_window_retry_after(
+            &u.ip,
+            cfg.sms_rate_per_ip,
+            cfg.sms_rate_per_ip_window as f64,
+        ) {
+            return Err(AuthError::rate_limited(
+                "over-request-rate-limit",
+                "Too many requests from this address.",
+                s,
+            ));
         }
     }
-    if let Some(s) = ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0) {
-        return Err(AuthError::rate_limited("over-sms-send-rate-limit", "The service has sent too many messages; try again later.", s));
+    if let Some(s) =
+        ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0)
+    {
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            "The service has sent too many messages; try again later.",
+            s,
+        ));
     }
     db::run(
         "INSERT INTO auth.send_events (phone, ip, queued) VALUES ($1, $2::inet, $3)",
@@ -171,9 +201,7 @@ fn deliver(
     channel: &str,
     captcha_token: Option<&str>,
 ) -> Result<Value> {
-    let answer = |i: Issued| {
-        json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at})
-    };
+    let answer = |i: Issued| json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at});
     let Some(user) = user else {
         let fake: Issued = db::row_as(
             "SELECT jsonb_build_object('id', gen_random_uuid(), 'expires_at', now() + make_interval(secs => $1))",
@@ -251,7 +279,10 @@ fn send_sms_otp(
     let queues = creating || existing.as_ref().is_some_and(|u| !u.disabled);
     admit_send(&cfg, &phone, ip.as_deref(), queues)?;
     let user = if creating {
-        let profile = Profile { metadata: data, ..Profile::default_for(&policy(&cfg)) };
+        let profile = Profile {
+            metadata: data,
+            ..Profile::default_for(&policy(&cfg))
+        };
         Some(insert_user(&phone, &profile, ip.as_deref())?)
     } else {
         existing.filter(|u| !u.disabled)
@@ -285,7 +316,11 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     let cfg = config::load()?;
     let profile = profile::from_options(&options, &policy(&cfg))?;
     if cfg.disable_signup {
-        return Err(AuthError::new(403, "signup-disabled", "Sign-up is disabled."));
+        return Err(AuthError::new(
+            403,
+            "signup-disabled",
+            "Sign-up is disabled.",
+        ));
     }
     let ip = request::client_ip()?;
     lock_phone(&phone)?;
@@ -309,7 +344,9 @@ struct LiveCode {
 }
 
 fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
@@ -330,7 +367,9 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     // Hash even when there is nothing to compare with, so both paths cost the same.
     let stored = live.as_ref().map(|c| from_hex(&c.hash)).unwrap_or_default();
     let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
-    let usable = live.as_ref().is_some_and(|c| c.live && c.attempts < cfg.otp_max_attempts);
+    let usable = live
+        .as_ref()
+        .is_some_and(|c| c.live && c.attempts < cfg.otp_max_attempts);
     if !(matches && usable) {
         autonomous::perform(&Action::CodeAttemptFailed {
             code_id: live.map(|c| c.id),
@@ -350,9 +389,16 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     )?
     .and_then(|v| v.as_str().map(str::to_string))
     .ok_or_else(AuthError::invalid_otp)?;
-    let disabled = db::row("SELECT to_jsonb(disabled) FROM auth.users WHERE id = $1::uuid", &[db::text(&user_id)])?;
+    let disabled = db::row(
+        "SELECT to_jsonb(disabled) FROM auth.users WHERE id = $1::uuid",
+        &[db::text(&user_id)],
+    )?;
     if disabled != Some(Value::Bool(false)) {
-        return Err(AuthError::new(403, "disabled-user", "This account is disabled."));
+        return Err(AuthError::new(
+            403,
+            "disabled-user",
+            "This account is disabled.",
+        ));
     }
     db::run(
         "UPDATE auth.users SET phone_confirmed_at = coalesce(phone_confirmed_at, now()),
@@ -373,7 +419,13 @@ fn send_sms_otp_impl(
     captcha_token: Option<&str>,
     channel: Option<&str>,
 ) -> JsonB {
-    crate::respond(send_sms_otp(phone, create_user, data, captcha_token, channel))
+    crate::respond(send_sms_otp(
+        phone,
+        create_user,
+        data,
+        captcha_token,
+        channel,
+    ))
 }
 
 #[pg_extern(name = "_resend_sms_otp")]

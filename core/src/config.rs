@@ -165,7 +165,8 @@ impl Config {
 /// Seconds from a duration a DBA typed: a whole number of seconds, `HH:MM[:SS]`, or
 /// number-unit pairs such as `5 minutes`, `1 hour 30 min`, `90s`.
 pub fn parse_duration(value: &Value) -> Result<i64> {
-    let bad = || AuthError::invalid_request("A duration must be seconds, HH:MM:SS, or like '5 minutes'.");
+    let bad =
+        || AuthError::invalid_request("A duration must be seconds, HH:MM:SS, or like '5 minutes'.");
     let text = match value {
         Value::Number(n) => return n.as_i64().ok_or_else(bad),
         Value::String(s) => s.trim().to_ascii_lowercase(),
@@ -190,13 +191,17 @@ pub fn parse_duration(value: &Value) -> Result<i64> {
     let mut rest = text.as_str();
     let mut any = false;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = rest[digits..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
             "m" | "min" | "mins" | "minute" | "minutes" => 60,
@@ -204,11 +209,18 @@ pub fn parse_duration(value: &Value) -> Result<i64> {
             "d" | "day" | "days" => DAY,
             _ => return Err(bad()),
         };
-        total = n.checked_mul(factor).and_then(|x| x.checked_add(total)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(factor)
+            .and_then(|x| x.checked_add(total))
+            .ok_or_else(bad)?;
         rest = rest[unit_len..].trim_start();
         any = true;
     }
-    if any { Ok(total) } else { Err(bad()) }
+    if any {
+        Ok(total)
+    } else {
+        Err(bad())
+    }
 }
 
 /// Checks one value against its setting's kind and returns the form to store.
@@ -329,8 +341,19 @@ mod tests {
         ] {
             assert_eq!(parse_duration(&v).unwrap(), secs, "{v}");
         }
-        for v in [json!("five minutes"), json!("5 fortnights"), json!(""), json!("1:99"), json!(true), json!(1.5)] {
-            assert_eq!(parse_duration(&v).unwrap_err().code, "invalid-request", "{v}");
+        for v in [
+            json!("five minutes"),
+            json!("5 fortnights"),
+            json!(""),
+            json!("1:99"),
+            json!(true),
+            json!(1.5),
+        ] {
+            assert_eq!(
+                parse_duration(&v).unwrap_err().code,
+                "invalid-request",
+                "{v}"
+            );
         }
     }
 

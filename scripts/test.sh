@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of pg_otp_auth: Rust unit tests, #[pg_test]s, and the integration suite
+# against a throwaway PostgreSQL 15 cluster. Installs whatever is missing first.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+. "$HOME/.cargo/env" 2>/dev/null || true
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+log "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "unit tests (pure logic)"
+cargo test -p pg_otp_auth_core
+
+log "#[pg_test]s (cargo pgrx test)"
+PGRX_TEST_DIR="$(mktemp -d /tmp/pg_otp_auth-pgtest-XXXXXX)"
+chown postgres:postgres "$PGRX_TEST_DIR"
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DIR/data"
+rm -rf "$PGRX_TEST_DIR"
+
+log "integration tests (pytest, real PostgreSQL)"
+if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/requirements.txt .venv/requirements.txt; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt .venv/requirements.txt
+fi
+. scripts/cluster.sh
+cluster_start test
+.venv/bin/pytest -q -p no:cacheprovider tests/integration "$@"

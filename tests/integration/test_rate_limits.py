@@ -1,0 +1,91 @@
+"""Cooldown and send rate limits, with their retry hints."""
+
+import re
+
+from conftest import raises_auth
+
+PHONE = "+15550606060"
+
+
+def retry_seconds(exc):
+    m = re.fullmatch(r"retry after (\d+) seconds", exc.value.diag.message_hint or "")
+    assert m, exc.value.diag.message_hint
+    return int(m.group(1))
+
+
+def test_resend_cooldown_defaults_to_60_seconds(db):
+    db.q("SELECT auth.reset_setting('resend_cooldown')")
+    db.rpc("send_sms_otp", phone=PHONE)
+    with raises_auth(429, "over-sms-send-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone=PHONE)
+    assert 55 <= retry_seconds(exc) <= 60
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("resend_sms_otp", phone=PHONE)
+    # Another phone is not affected.
+    db.rpc("send_sms_otp", phone="+15550606061")
+    # Once the last send is older than the cooldown, sending works again.
+    db.q("UPDATE auth.send_events SET created_at = created_at - interval '61 seconds'")
+    db.rpc("resend_sms_otp", phone=PHONE)
+    assert len(db.outbox(PHONE)) == 2
+
+
+def test_per_phone_limit_defaults_to_3_per_5_minutes(db):
+    db.q("SELECT auth.reset_setting('sms_rate_per_phone')")
+    for _ in range(3):
+        db.rpc("send_sms_otp", phone=PHONE)
+    with raises_auth(429, "over-sms-send-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone=PHONE)
+    assert 290 <= retry_seconds(exc) <= 300
+    assert len(db.outbox(PHONE)) == 3
+    db.q("UPDATE auth.send_events SET created_at = created_at - interval '301 seconds'")
+    db.rpc("send_sms_otp", phone=PHONE)
+
+
+def test_per_phone_limit_counts_unknown_phones_too(db):
+    """Otherwise the limit would reveal which phones are registered."""
+    db.q("SELECT auth.reset_setting('sms_rate_per_phone')")
+    for _ in range(3):
+        db.rpc("send_sms_otp", phone=PHONE, create_user=False)
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone=PHONE, create_user=False)
+
+
+def test_per_ip_limit_defaults_to_10_per_10_minutes_from_x_forwarded_for(db):
+    db.q("SELECT auth.reset_setting('sms_rate_per_ip')")
+    h = {"x-forwarded-for": "203.0.113.9, 10.0.0.1"}
+    for i in range(10):
+        db.rpc("send_sms_otp", phone=f"+1555070{i:04d}", headers=h)
+    with raises_auth(429, "over-request-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone="+15550709999", headers=h)
+    assert 590 <= retry_seconds(exc) <= 600
+    assert db.one("SELECT count(*) FROM auth.send_events WHERE ip = '203.0.113.9'") == 10
+    # A different client address is not limited.
+    db.rpc("send_sms_otp", phone="+15550709999", headers={"x-forwarded-for": "198.51.100.1"})
+
+
+def test_per_ip_limit_uses_the_connection_address_without_headers(db):
+    db.setting("sms_rate_per_ip", 2)
+    db.rpc("send_sms_otp", phone="+15550710001")
+    db.rpc("send_sms_otp", phone="+15550710002")
+    with raises_auth(429, "over-request-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550710003")
+    assert db.one("SELECT DISTINCT host(ip) FROM auth.send_events") == "127.0.0.1"
+
+
+def test_global_sms_budget_per_hour(db):
+    db.setting("sms_budget_per_hour", 2)
+    db.rpc("send_sms_otp", phone="+15550720001")
+    db.rpc("send_sms_otp", phone="+15550720002")
+    with raises_auth(429, "over-sms-send-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone="+15550720003")
+    assert 3500 <= retry_seconds(exc) <= 3600
+    assert len(db.outbox()) == 2
+
+
+def test_a_rate_limited_call_writes_nothing(db):
+    db.setting("sms_rate_per_phone", 1)
+    db.rpc("send_sms_otp", phone=PHONE)
+    before = db.counts()
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550606060")
+    assert db.counts() == before

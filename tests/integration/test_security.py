@@ -1,0 +1,84 @@
+"""Least privilege: client roles see no table, run no admin function, and every function they
+can run is SECURITY DEFINER with a fixed search_path."""
+
+import psycopg
+import pytest
+
+CLIENT_ROLES = ("anon", "authenticated")
+PUBLIC_API = {"jwt", "uid", "role", "session_id", "send_sms_otp", "resend_sms_otp", "signup_sms_otp",
+              "verify_sms_otp", "refresh_session", "sign_out"}
+
+
+def auth_tables(db):
+    return [r[0] for r in db.q("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                               "WHERE n.nspname = 'auth' AND c.relkind IN ('r', 'v', 'm', 'S')")]
+
+
+def auth_functions(db):
+    return db.q("SELECT p.oid::regprocedure::text, p.proname, p.prosecdef, p.proconfig FROM pg_proc p "
+                "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'auth'")
+
+
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_client_roles_cannot_read_any_table(db, role):
+    db.sign_in("+15550909090")
+    tables = auth_tables(db)
+    assert {"users", "secrets", "otp_codes", "sessions", "refresh_tokens", "sms_outbox", "config", "audit_log"} <= set(tables)
+    conn = db.connect()
+    for t in tables:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with conn.transaction():
+                conn.execute(f"SET LOCAL role {role}")
+                conn.execute(f"SELECT * FROM auth.{t} LIMIT 1")
+    conn.close()
+
+
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+def test_client_roles_can_execute_only_the_public_api(db, role):
+    for sig, name, _, _ in auth_functions(db):
+        allowed = db.one("SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE')", role, sig)
+        assert allowed == (name in PUBLIC_API), sig
+
+
+@pytest.mark.parametrize("call", [
+    "auth.settings()", "auth.set_setting('otp_length', '8')", "auth.reset_setting('otp_length')",
+    "auth.jwt_secret()", "auth.set_jwt_secret(repeat('x', 40))", "auth.purge_expired()",
+    "auth.set_user_disabled(gen_random_uuid())", "auth._random_bytes(32)",
+    "auth._verify_sms_otp('+15550000000', '123456')",
+])
+def test_admin_and_internal_functions_are_refused(db, call):
+    conn = db.connect()
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with conn.transaction():
+            conn.execute("SET LOCAL role anon")
+            conn.execute(f"SELECT {call}")
+    conn.close()
+
+
+def test_public_functions_are_security_definer_with_fixed_search_path(db):
+    public = [f for f in auth_functions(db) if f[1] in PUBLIC_API]
+    assert {f[1] for f in public} == PUBLIC_API
+    for sig, _, secdef, config in public:
+        assert secdef, sig
+        assert "search_path=pg_catalog, pg_temp" in (config or []), (sig, config)
+
+
+def test_secrets_are_strong_and_distinct(db):
+    pepper, jwt_secret = db.q("SELECT (SELECT value FROM auth.secrets WHERE name = 'otp_pepper'), "
+                              "(SELECT value FROM auth.secrets WHERE name = 'jwt_secret')")[0]
+    assert len(pepper) == 32 and len(jwt_secret) == 48 and pepper != jwt_secret
+    # Each install gets its own secrets.
+    other = f"{db.name}_other"
+    db.q(f"CREATE DATABASE {other}")
+    with psycopg.connect(db.dsn.replace(db.name, other), autocommit=True) as c:
+        c.execute("CREATE EXTENSION pg_otp_auth")
+        assert c.execute("SELECT auth.jwt_secret()").fetchone()[0] != db.jwt_secret()
+    db.q(f"DROP DATABASE {other}")
+
+
+def test_api_answers_never_contain_secrets(db):
+    s = db.sign_in("+15550909091")
+    text = str(s) + str(db.rpc("send_sms_otp", phone="+15550909091"))
+    assert db.jwt_secret() not in text
+    pepper = db.one("SELECT encode(value, 'hex') FROM auth.secrets WHERE name = 'otp_pepper'")
+    assert pepper not in text

@@ -1,0 +1,301 @@
+"""Phone sign-in: send a code, verify it, get a session."""
+
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from conftest import raises_auth
+
+PHONE = "+15550101010"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def test_whole_sign_in_flow(db):
+    sent = db.rpc("send_sms_otp", phone="+1 (555) 010-1010", data={"plan": "pro"})
+    assert set(sent) == {"message_id", "phone", "channel", "expires_at"}
+    assert sent["phone"] == "+1******1010"
+    assert sent["channel"] == "sms"
+    assert UUID_RE.match(sent["message_id"])
+    expires = datetime.fromisoformat(sent["expires_at"])
+    assert timedelta(minutes=4) < expires - datetime.now(timezone.utc) <= timedelta(minutes=5, seconds=5)
+
+    [(msg_id, body, channel, status, captcha)] = db.outbox(PHONE)
+    assert str(msg_id) == sent["message_id"] and status == "queued" and channel == "sms"
+    code = re.fullmatch(r"Your code is (\d{6})", body).group(1)
+    # Only a keyed hash of the code is stored.
+    assert db.one("SELECT count(*) FROM auth.otp_codes WHERE position(%s::bytea in code_hash) > 0", code.encode()) == 0
+
+    out = db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+    assert out["mfa"] is None
+    s = out["session"]
+    assert set(s) == {"access_token", "token_type", "expires_in", "expires_at", "refresh_token", "refresh_token_id", "user"}
+    assert s["token_type"] == "bearer" and s["expires_in"] == 3600
+    assert set(s["user"]) == {"id", "phone", "phone_verified", "email", "email_verified", "display_name", "avatar_url",
+                              "locale", "default_role", "roles", "metadata", "is_anonymous", "created_at",
+                              "last_sign_in_at", "active_mfa_type"}
+    u = s["user"]
+    assert u["phone"] == PHONE and u["phone_verified"] is True and u["metadata"] == {"plan": "pro"}
+    assert u["default_role"] == "authenticated" and u["roles"] == ["authenticated"]
+    assert u["last_sign_in_at"] is not None and u["active_mfa_type"] is None
+
+    # Checked by an independent JWT library against the configured secret.
+    claims = db.claims_of(s)
+    assert claims["sub"] == u["id"]
+    assert claims["role"] == "authenticated" and claims["aud"] == "authenticated" and claims["iss"] == "pg_otp_auth"
+    assert claims["exp"] - claims["iat"] == 3600 and claims["exp"] == s["expires_at"]
+    assert claims["phone"] == PHONE and claims["aal"] == "aal1" and claims["is_anonymous"] is False
+    assert [a["method"] for a in claims["amr"]] == ["sms"]
+    assert claims["user_metadata"] == {"plan": "pro"}
+    assert UUID_RE.match(claims["session_id"])
+    assert db.one("SELECT count(*) FROM auth.sessions WHERE id = %s AND user_id = %s", claims["session_id"], u["id"]) == 1
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'sign_in' AND user_id = %s", u["id"]) == 1
+
+
+def test_a_code_works_once(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+
+
+def test_concurrent_verification_has_exactly_one_winner(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    n = 8
+    conns = [db.connect() for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results = []
+
+    def attempt(conn):
+        barrier.wait()
+        try:
+            results.append(("ok", db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=code)))
+        except psycopg.Error as e:
+            results.append(("err", (e.diag.sqlstate, e.diag.message_detail)))
+
+    threads = [threading.Thread(target=attempt, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    wins = [r for r in results if r[0] == "ok"]
+    assert len(wins) == 1, results
+    assert all(r[1] == ("PT401", "invalid-otp") for r in results if r[0] == "err")
+    assert db.one("SELECT count(*) FROM auth.sessions") == 1
+
+
+def test_max_attempts_kill_the_code_and_survive_the_error(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    wrong = "000000" if code != "000000" else "111111"
+    for i in range(5):
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=wrong)
+        # The counter is committed although the call failed.
+        assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == i + 1
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+    assert db.one("SELECT count(*) FROM auth.sessions") == 0
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 6
+
+
+def test_max_attempts_setting_is_honoured(db):
+    db.setting("otp_max_attempts", 2)
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    wrong = "000000" if code != "000000" else "111111"
+    for _ in range(2):
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=wrong)
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+
+
+def test_expired_code_gets_the_same_answer_as_a_wrong_one(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    db.q("UPDATE auth.otp_codes SET expires_at = now() - interval '1 second' WHERE subject = %s", PHONE)
+    with raises_auth(401, "invalid-otp") as exc:
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+    expired_msg = exc.value.diag.message_primary
+    with raises_auth(401, "invalid-otp") as exc:
+        db.rpc("verify_sms_otp", phone=PHONE, otp="999999" if code != "999999" else "888888")
+    assert exc.value.diag.message_primary == expired_msg
+
+
+def test_otp_ttl_setting(db):
+    db.setting("otp_ttl", "10 minutes")
+    sent = db.rpc("send_sms_otp", phone=PHONE)
+    left = datetime.fromisoformat(sent["expires_at"]) - datetime.now(timezone.utc)
+    assert timedelta(minutes=9) < left <= timedelta(minutes=10, seconds=5)
+
+
+def test_new_code_invalidates_the_previous_one(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    first = db.last_code(PHONE)
+    db.rpc("send_sms_otp", phone=PHONE)
+    second = db.last_code(PHONE)
+    if first != second:
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=first)
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp=second)["session"]
+
+
+def test_otp_length_setting(db):
+    db.setting("otp_length", 8)
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    assert re.fullmatch(r"\d{8}", code)
+    with raises_auth(400, "invalid-request"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code[:6])
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp=code)["session"]
+
+
+def test_disabled_user_is_refused(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    uid = db.one("SELECT id FROM auth.users WHERE phone = %s", PHONE)
+    db.q("SELECT auth.set_user_disabled(%s)", uid)
+    with raises_auth(403, "disabled-user"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+    # A disabled user is sent nothing, and the answer looks the same.
+    before = len(db.outbox(PHONE))
+    sent = db.rpc("send_sms_otp", phone=PHONE)
+    assert set(sent) == {"message_id", "phone", "channel", "expires_at"}
+    assert len(db.outbox(PHONE)) == before
+
+
+def test_unknown_phone_without_create_user_is_not_revealed(db):
+    known = "+15550202020"
+    db.rpc("send_sms_otp", phone=known)
+    before = db.counts()
+    a = db.rpc("send_sms_otp", phone="+15550303030", create_user=False)
+    b = db.rpc("send_sms_otp", phone=known, create_user=False)
+    assert set(a) == set(b) and a["channel"] == b["channel"] == "sms"
+    assert a["phone"] == "+1******3030"
+    after = db.counts()
+    assert after["users"] == before["users"]
+    assert after["sms_outbox"] == before["sms_outbox"] + 1  # only the known phone got a message
+    assert db.outbox("+15550303030") == []
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone="+15550303030", otp="123456")
+
+
+def test_resend(db):
+    db.rpc("send_sms_otp", phone=PHONE, channel="whatsapp")
+    first = db.last_code(PHONE)
+    r = db.rpc("resend_sms_otp", phone=PHONE)
+    assert set(r) == {"message_id", "phone", "channel", "expires_at"} and r["channel"] == "whatsapp"
+    assert len(db.outbox(PHONE)) == 2
+    second = db.last_code(PHONE)
+    if first != second:
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=first)
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp=second)["session"]
+    # Unknown phones: same shape, nothing queued, no user created.
+    before = db.counts()
+    u = db.rpc("resend_sms_otp", phone="+15550404040")
+    assert set(u) == set(r)
+    after = db.counts()
+    assert (after["users"], after["sms_outbox"]) == (before["users"], before["sms_outbox"])
+
+
+def test_whatsapp_channel_and_captcha_token_reach_the_outbox(db):
+    db.rpc("send_sms_otp", phone=PHONE, channel="whatsapp", captcha_token="tok-123")
+    [(_, _, channel, status, captcha)] = db.outbox(PHONE)
+    assert (channel, status, captcha) == ("whatsapp", "queued", "tok-123")
+
+
+def test_outbox_insert_notifies_dispatchers(db):
+    listener = db.connect()
+    listener.execute("LISTEN pg_otp_auth_outbox")
+    sent = db.rpc("send_sms_otp", phone=PHONE)
+    notes = list(listener.notifies(timeout=5, stop_after=1))
+    listener.close()
+    assert [n.payload for n in notes] == [sent["message_id"]]
+
+
+def test_test_numbers_use_fixed_codes_and_send_nothing(db):
+    db.setting("test_otp", {PHONE: "424242"})
+    sent = db.rpc("send_sms_otp", phone=PHONE)
+    assert sent["phone"] == "+1******1010"
+    assert db.outbox(PHONE) == []
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp="424242")["session"]["user"]["phone"] == PHONE
+
+
+def test_locale_templates(db):
+    db.setting("allowed_locales", ["en", "fr"])
+    db.setting("sms_templates", {"fr": "Votre code : {{code}} ({{ttl_minutes}} min)"})
+    db.setting("sms_template", "Code {{ code }}")
+    db.rpc("signup_sms_otp", phone=PHONE, options={"locale": "fr"})
+    db.rpc("send_sms_otp", phone="+15550505050")
+    fr = db.outbox(PHONE)[0][1]
+    en = db.outbox("+15550505050")[0][1]
+    assert re.fullmatch(r"Votre code : \d{6} \(5 min\)", fr), fr
+    assert re.fullmatch(r"Code \d{6}", en), en
+
+
+def test_signup_with_options(db):
+    db.setting("allowed_roles", ["authenticated", "editor"])
+    db.setting("allowed_redirect_prefixes", ["https://app.example.com"])
+    out = db.rpc("signup_sms_otp", phone=PHONE, options={
+        "allowedRoles": ["authenticated", "editor"], "defaultRole": "editor", "displayName": "Zoë O'Neil",
+        "locale": "en", "metadata": {"ref": "ad"}, "redirectTo": "https://app.example.com/welcome"})
+    assert out == "OK"
+    row = db.q("SELECT roles, default_role, display_name, metadata, phone_confirmed_at FROM auth.users WHERE phone = %s", PHONE)[0]
+    assert row[:4] == (["authenticated", "editor"], "editor", "Zoë O'Neil", {"ref": "ad"}) and row[4] is None
+    session = db.rpc("verify_sms_otp", phone=PHONE, otp=db.last_code(PHONE))["session"]
+    claims = db.claims_of(session)
+    assert claims["role"] == "editor" and session["user"]["display_name"] == "Zoë O'Neil"
+
+
+def test_signup_of_a_registered_phone_answers_ok_and_changes_nothing(db):
+    db.rpc("signup_sms_otp", phone=PHONE, options={"metadata": {"v": 1}})
+    before = db.q("SELECT * FROM auth.users")
+    outbox = db.outbox()
+    assert db.rpc("signup_sms_otp", phone=PHONE, options={"metadata": {"v": 2}}) == "OK"
+    assert db.q("SELECT * FROM auth.users") == before
+    assert db.outbox() == outbox
+
+
+def test_disable_signup(db):
+    db.setting("disable_signup", True)
+    with raises_auth(403, "signup-disabled"):
+        db.rpc("signup_sms_otp", phone=PHONE)
+    # send_sms_otp does not reveal registration either: same shape, nothing created.
+    sent = db.rpc("send_sms_otp", phone=PHONE)
+    assert set(sent) == {"message_id", "phone", "channel", "expires_at"}
+    assert db.one("SELECT count(*) FROM auth.users") == 0 and db.outbox() == []
+
+
+def test_hasura_claims(db):
+    db.setting("hasura_claims", True)
+    claims = db.claims_of(db.sign_in(PHONE))
+    h = claims["https://hasura.io/jwt/claims"]
+    assert h == {"x-hasura-user-id": claims["sub"], "x-hasura-default-role": "authenticated",
+                 "x-hasura-allowed-roles": ["authenticated"]}
+
+
+def test_jwt_settings_apply(db):
+    db.setting("jwt_exp", "15 minutes")
+    db.setting("jwt_aud", "my-api")
+    db.setting("jwt_issuer", "https://auth.example.com")
+    s = db.sign_in(PHONE)
+    claims = db.decode(s["access_token"], audience="my-api")
+    assert claims["exp"] - claims["iat"] == 900 and s["expires_in"] == 900
+    assert claims["iss"] == "https://auth.example.com"
+
+
+def test_rotated_jwt_secret_signs_new_tokens(db):
+    db.q("SELECT auth.set_jwt_secret(%s)", "x" * 40)
+    s = db.sign_in(PHONE)
+    import jwt as pyjwt
+    assert pyjwt.decode(s["access_token"], "x" * 40, algorithms=["HS256"], audience="authenticated")["sub"]
+    with pytest.raises(pyjwt.InvalidSignatureError):
+        pyjwt.decode(s["access_token"], "y" * 40, algorithms=["HS256"], audience="authenticated")
