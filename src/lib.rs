@@ -53,11 +53,71 @@ fn random_secret_text(n: i32) -> String {
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::Value;
+
+    fn json(sql: &str) -> Value {
+        Spi::get_one::<JsonB>(sql).unwrap().expect("a row").0
+    }
 
     #[pg_test]
-    fn jwt_secret_is_generated_at_create_extension() {
+    fn secrets_are_generated_at_create_extension() {
         let len = Spi::get_one::<i32>("SELECT octet_length(auth.jwt_secret())").unwrap();
         assert_eq!(len, Some(48));
+        let pepper = Spi::get_one::<i32>(
+            "SELECT octet_length(value) FROM auth.secrets WHERE name = 'otp_pepper'",
+        )
+        .unwrap();
+        assert_eq!(pepper, Some(32));
+    }
+
+    #[pg_test]
+    fn internal_functions_return_tagged_errors() {
+        let v = json("SELECT auth._send_sms_otp('12345', true, '{}', NULL, 'sms')");
+        assert_eq!(v["error"]["status"], 400);
+        assert_eq!(v["error"]["code"], "invalid-phone");
+        let v = json("SELECT auth._verify_sms_otp('+15550001111', NULL)");
+        assert_eq!(v["error"]["code"], "invalid-request");
+    }
+
+    #[pg_test(error = "The phone number must be in E.164 format: + and 8 to 15 digits.")]
+    fn public_wrapper_raises_the_error() {
+        Spi::run("SELECT auth.send_sms_otp(phone => 'nope')").unwrap();
+    }
+
+    #[pg_test]
+    fn send_queues_one_message_and_stores_only_a_hash() {
+        let sent =
+            json("SELECT auth.send_sms_otp(phone => '+44 7911 123456', channel => 'whatsapp')");
+        assert_eq!(sent["phone"], "+4*******3456");
+        assert_eq!(sent["channel"], "whatsapp");
+        let body = Spi::get_one::<String>("SELECT body FROM auth.sms_outbox")
+            .unwrap()
+            .unwrap();
+        let code = body.trim_start_matches("Your code is ");
+        assert_eq!(code.len(), 6);
+        let plain = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM auth.otp_codes WHERE position(convert_to($1, 'UTF8') IN code_hash) > 0",
+            &[code.into()],
+        )
+        .unwrap();
+        assert_eq!(plain, Some(0));
+        let verified = json(&format!(
+            "SELECT auth.verify_sms_otp(phone => '+447911123456', otp => '{code}')"
+        ));
+        assert_eq!(verified["session"]["user"]["phone"], "+447911123456");
+        assert_eq!(verified["mfa"], Value::Null);
+    }
+
+    #[pg_test]
+    fn settings_round_trip() {
+        Spi::run("SELECT auth.set_setting('otp_ttl', '\"2 minutes\"')").unwrap();
+        let v = Spi::get_one::<JsonB>("SELECT value FROM auth.settings() WHERE name = 'otp_ttl'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.0, Value::from(120));
+        let e = json("SELECT auth._set_setting('otp_length', '4')");
+        assert_eq!(e["error"]["code"], "invalid-request");
     }
 }
 

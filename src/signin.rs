@@ -355,6 +355,9 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let cfg = config::load()?;
     otp::check_format(code, cfg.otp_length)?;
     let ip = request::client_ip()?;
+    // Serialise guesses at one phone: each wrong guess is committed (by the worker) before the
+    // next is judged, so a burst of concurrent guesses cannot exceed otp_max_attempts.
+    lock_phone(&phone)?;
     let live: Option<LiveCode> = db::row_as(
         "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
                                    'attempts', attempts, 'live', expires_at > now())

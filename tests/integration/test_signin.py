@@ -105,6 +105,36 @@ def test_max_attempts_kill_the_code_and_survive_the_error(db):
     assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 6
 
 
+def test_concurrent_wrong_guesses_are_all_counted_and_exhaust_the_code(db):
+    db.setting("otp_max_attempts", 3)
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    wrong = "000000" if code != "000000" else "111111"
+    n = 10
+    conns = [db.connect() for _ in range(n)]
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def guess(conn):
+        barrier.wait()
+        try:
+            db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=wrong)
+        except psycopg.Error as e:
+            errors.append(e.diag.message_detail)
+
+    threads = [threading.Thread(target=guess, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    assert errors == ["invalid-otp"] * n
+    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == n
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone=PHONE, otp=code)
+
+
 def test_max_attempts_setting_is_honoured(db):
     db.setting("otp_max_attempts", 2)
     db.rpc("send_sms_otp", phone=PHONE)
