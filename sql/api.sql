@@ -91,6 +91,77 @@ BEGIN
 END
 $$;
 
+-- Multi-factor authentication. The acting user is the caller's live session (auth.uid()).
+
+CREATE FUNCTION auth.mfa_enroll(
+    factor_type text,
+    friendly_name text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    issuer text DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer))
+$$;
+
+CREATE FUNCTION auth.mfa_challenge(factor_id uuid, channel text DEFAULT 'sms') RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_challenge(factor_id, channel))
+$$;
+
+CREATE FUNCTION auth.mfa_verify(factor_id uuid, challenge_id uuid, code text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code))
+$$;
+
+CREATE FUNCTION auth.mfa_challenge_and_verify(factor_id uuid, code text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code))
+$$;
+
+CREATE FUNCTION auth.mfa_unenroll(factor_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_unenroll(factor_id))
+$$;
+
+CREATE FUNCTION auth.mfa_list_factors() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_list_factors())
+$$;
+
+CREATE FUNCTION auth.mfa_get_authenticator_assurance_level() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._mfa_get_authenticator_assurance_level())
+$$;
+
+CREATE FUNCTION auth.signin_mfa_totp(ticket text, otp text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._signin_mfa_totp(ticket, otp))
+$$;
+
+CREATE FUNCTION auth.signin_mfa_recovery_code(ticket text, code text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._signin_mfa_recovery_code(ticket, code))
+$$;
+
+CREATE FUNCTION auth.mfa_generate_recovery_codes() RETURNS text[]
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT jsonb_array_elements_text(auth._unwrap(auth._mfa_generate_recovery_codes())))
+$$;
+
+-- RFC 4226 / RFC 6238 codes, for DBAs and tests (owner only).
+CREATE FUNCTION auth.hotp(secret bytea, counter bigint, digits integer DEFAULT 6, algorithm text DEFAULT 'sha1')
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._hotp(secret, counter, digits, algorithm)) #>> '{}'
+$$;
+
+CREATE FUNCTION auth.totp(secret text, at timestamptz DEFAULT now(), digits integer DEFAULT 6,
+                          period integer DEFAULT 30, algorithm text DEFAULT 'sha1')
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._totp(secret, floor(extract(epoch FROM at))::bigint, digits, period, algorithm)) #>> '{}'
+$$;
+
 -- Administration: owner only (not executable by PUBLIC).
 
 CREATE FUNCTION auth.settings()
@@ -167,6 +238,8 @@ BEGIN
     GET DIAGNOSTICS n_codes = ROW_COUNT;
     DELETE FROM auth.refresh_tokens WHERE expires_at < cutoff;
     GET DIAGNOSTICS n_tokens = ROW_COUNT;
+    DELETE FROM auth.mfa_challenges WHERE expires_at < cutoff;
+    DELETE FROM auth.mfa_tickets WHERE expires_at < cutoff;
     DELETE FROM auth.sessions s
     WHERE s.revoked_at < cutoff
        OR (s.created_at < cutoff
@@ -189,5 +262,15 @@ GRANT EXECUTE ON FUNCTION
     auth.signup_sms_otp(text, jsonb),
     auth.verify_sms_otp(text, text),
     auth.refresh_session(text),
-    auth.sign_out(text)
+    auth.sign_out(text),
+    auth.mfa_enroll(text, text, text, text),
+    auth.mfa_challenge(uuid, text),
+    auth.mfa_verify(uuid, uuid, text),
+    auth.mfa_challenge_and_verify(uuid, text),
+    auth.mfa_unenroll(uuid),
+    auth.mfa_list_factors(),
+    auth.mfa_get_authenticator_assurance_level(),
+    auth.signin_mfa_totp(text, text),
+    auth.signin_mfa_recovery_code(text, text),
+    auth.mfa_generate_recovery_codes()
 TO PUBLIC;

@@ -160,6 +160,67 @@ CREATE TABLE auth.audit_log (
 CREATE INDEX audit_log_created ON auth.audit_log (created_at);
 CREATE INDEX audit_log_user ON auth.audit_log (user_id, created_at);
 
+-- Second factors. A TOTP factor keeps its shared secret (readable by the extension owner only,
+-- never returned after enrollment) and the last time step it accepted, so no code is used twice.
+CREATE TABLE auth.mfa_factors (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id        uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    factor_type    text NOT NULL CHECK (factor_type IN ('totp', 'phone')),
+    friendly_name  text,
+    status         text NOT NULL DEFAULT 'unverified' CHECK (status IN ('unverified', 'verified')),
+    secret         bytea,
+    algorithm      text NOT NULL DEFAULT 'sha1',
+    digits         integer NOT NULL DEFAULT 6,
+    period         integer NOT NULL DEFAULT 30,
+    last_used_step bigint,
+    phone          text CHECK (phone ~ '^\+[1-9][0-9]{7,14}$'),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (user_id, friendly_name),
+    CHECK ((factor_type = 'totp') = (secret IS NOT NULL)),
+    CHECK ((factor_type = 'phone') = (phone IS NOT NULL))
+);
+CREATE INDEX mfa_factors_user ON auth.mfa_factors (user_id);
+
+-- One verification attempt of a factor. Phone challenges hold the keyed hash of the code sent.
+CREATE TABLE auth.mfa_challenges (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    factor_id   uuid NOT NULL REFERENCES auth.mfa_factors (id) ON DELETE CASCADE,
+    session_id  uuid NOT NULL REFERENCES auth.sessions (id) ON DELETE CASCADE,
+    code_hash   bytea,
+    attempts    integer NOT NULL DEFAULT 0,
+    ip          inet,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    verified_at timestamptz
+);
+CREATE INDEX mfa_challenges_factor ON auth.mfa_challenges (factor_id);
+CREATE INDEX mfa_challenges_expires ON auth.mfa_challenges (expires_at);
+
+-- Sign-in tickets: the first factor (SMS) passed, the second is still owed. Stored hashed; the
+-- caller holds "mfaTotp:<id>".
+CREATE TABLE auth.mfa_tickets (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    ticket_hash bytea NOT NULL UNIQUE,
+    user_id     uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    first_amr   jsonb NOT NULL,
+    attempts    integer NOT NULL DEFAULT 0,
+    ip          inet,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    consumed_at timestamptz
+);
+CREATE INDEX mfa_tickets_expires ON auth.mfa_tickets (expires_at);
+
+CREATE TABLE auth.mfa_recovery_codes (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id    uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
+    code_hash  bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    used_at    timestamptz
+);
+CREATE INDEX mfa_recovery_codes_user ON auth.mfa_recovery_codes (user_id);
+
 REVOKE ALL ON ALL TABLES IN SCHEMA auth FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('auth.config', '');
@@ -171,3 +232,7 @@ SELECT pg_catalog.pg_extension_config_dump('auth.refresh_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.sms_outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.send_events', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.mfa_factors', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.mfa_challenges', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.mfa_tickets', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.mfa_recovery_codes', '');

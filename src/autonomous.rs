@@ -31,6 +31,20 @@ pub enum Action {
         token_id: String,
         ip: Option<String>,
     },
+    /// A wrong code for an MFA challenge.
+    /// The failure is audited against the factor even when the challenge is not visible (it
+    /// was created by the failing call itself), so per-factor limits see every guess.
+    ChallengeFailed {
+        challenge_id: String,
+        factor_id: String,
+        ip: Option<String>,
+    },
+    /// A wrong TOTP or recovery code presented with an MFA sign-in ticket.
+    TicketFailed {
+        ticket_id: String,
+        factor_id: Option<String>,
+        ip: Option<String>,
+    },
 }
 
 const SEP: char = '|';
@@ -38,18 +52,43 @@ const SEP: char = '|';
 const MAX_PAYLOAD: usize = 127;
 
 impl Action {
+    /// Short tags and dash-less UUIDs keep two ids and a full IPv6 address within bgw_extra.
     fn encode(&self) -> String {
-        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        let o = |v: &Option<String>| v.as_deref().map(compact).unwrap_or_default();
         match self {
             Action::CodeAttemptFailed {
                 code_id,
                 subject,
                 ip,
             } => {
-                format!("code_failed{SEP}{}{SEP}{subject}{SEP}{}", o(code_id), o(ip))
+                format!("code{SEP}{}{SEP}{subject}{SEP}{}", o(code_id), o(ip))
             }
             Action::RefreshTokenReused { token_id, ip } => {
-                format!("refresh_reused{SEP}{token_id}{SEP}{}", o(ip))
+                format!("reuse{SEP}{}{SEP}{}", compact(token_id), o(ip))
+            }
+            Action::ChallengeFailed {
+                challenge_id,
+                factor_id,
+                ip,
+            } => {
+                format!(
+                    "chal{SEP}{}{SEP}{}{SEP}{}",
+                    compact(challenge_id),
+                    compact(factor_id),
+                    o(ip)
+                )
+            }
+            Action::TicketFailed {
+                ticket_id,
+                factor_id,
+                ip,
+            } => {
+                format!(
+                    "tick{SEP}{}{SEP}{}{SEP}{}",
+                    compact(ticket_id),
+                    o(factor_id),
+                    o(ip)
+                )
             }
         }
     }
@@ -58,18 +97,33 @@ impl Action {
         let parts: Vec<&str> = s.split(SEP).collect();
         let opt = |p: &str| (!p.is_empty()).then(|| p.to_string());
         match parts.as_slice() {
-            ["code_failed", code_id, subject, ip] => Some(Action::CodeAttemptFailed {
+            ["code", code_id, subject, ip] => Some(Action::CodeAttemptFailed {
                 code_id: opt(code_id),
                 subject: subject.to_string(),
                 ip: opt(ip),
             }),
-            ["refresh_reused", token_id, ip] => Some(Action::RefreshTokenReused {
+            ["reuse", token_id, ip] => Some(Action::RefreshTokenReused {
                 token_id: token_id.to_string(),
+                ip: opt(ip),
+            }),
+            ["chal", challenge_id, factor_id, ip] => Some(Action::ChallengeFailed {
+                challenge_id: challenge_id.to_string(),
+                factor_id: factor_id.to_string(),
+                ip: opt(ip),
+            }),
+            ["tick", ticket_id, factor_id, ip] => Some(Action::TicketFailed {
+                ticket_id: ticket_id.to_string(),
+                factor_id: opt(factor_id),
                 ip: opt(ip),
             }),
             _ => None,
         }
     }
+}
+
+/// PostgreSQL reads a UUID with or without dashes; without saves 4 bytes each.
+fn compact(id: &str) -> String {
+    id.replace('-', "")
 }
 
 /// Performs `action` in its own committed transaction and waits for it.
@@ -160,6 +214,47 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
                 )
                 .expect("revoke reused session");
             }
+            Action::ChallengeFailed {
+                challenge_id,
+                factor_id,
+                ip,
+            } => {
+                let args: [DatumWithOid; 3] = [challenge_id.into(), factor_id.into(), ip.into()];
+                Spi::run_with_args(
+                    "WITH c AS (
+                         UPDATE auth.mfa_challenges SET attempts = attempts + 1
+                         WHERE id = $1::uuid
+                         RETURNING attempts)
+                     INSERT INTO auth.audit_log (event, user_id, ip, detail)
+                     SELECT 'mfa_verify_failed', f.user_id, $3::inet,
+                            jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
+                                               'challenge_id', $1::uuid,
+                                               'attempts', (SELECT attempts FROM c))
+                     FROM auth.mfa_factors f WHERE f.id = $2::uuid",
+                    &args,
+                )
+                .expect("record failed challenge");
+            }
+            Action::TicketFailed {
+                ticket_id,
+                factor_id,
+                ip,
+            } => {
+                let args: [DatumWithOid; 3] = [ticket_id.into(), factor_id.into(), ip.into()];
+                Spi::run_with_args(
+                    "WITH t AS (
+                         UPDATE auth.mfa_tickets SET attempts = attempts + 1
+                         WHERE id = $1::uuid
+                         RETURNING id, user_id, attempts)
+                     INSERT INTO auth.audit_log (event, user_id, ip, detail)
+                     SELECT 'mfa_signin_failed', t.user_id, $3::inet,
+                            jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
+                                               'factor_id', $2::uuid)
+                     FROM t",
+                    &args,
+                )
+                .expect("record failed ticket");
+            }
         }
     });
 }
@@ -173,7 +268,7 @@ mod tests {
         let long_ip = Some("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".to_string());
         for a in [
             Action::CodeAttemptFailed {
-                code_id: Some("6f1c0a4e-0000-4000-8000-000000000001".into()),
+                code_id: Some("6f1c0a4e00004000800000000000000a".into()),
                 subject: "+123456789012345".into(),
                 ip: long_ip.clone(),
             },
@@ -183,7 +278,7 @@ mod tests {
                 ip: None,
             },
             Action::RefreshTokenReused {
-                token_id: "6f1c0a4e-0000-4000-8000-000000000001".into(),
+                token_id: "6f1c0a4e00004000800000000000000a".into(),
                 ip: long_ip,
             },
         ] {
@@ -192,5 +287,11 @@ mod tests {
             assert_eq!(Action::decode(&e), Some(a));
         }
         assert_eq!(Action::decode("drop_table|x"), None);
+        // Dashes are dropped on the way in; PostgreSQL casts either form.
+        let a = Action::RefreshTokenReused {
+            token_id: "6f1c0a4e-0000-4000-8000-00000000000a".into(),
+            ip: None,
+        };
+        assert_eq!(a.encode(), "reuse|6f1c0a4e00004000800000000000000a|");
     }
 }

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 mod autonomous;
 mod config;
 mod db;
+mod mfa;
+mod outbox;
 mod request;
 mod session;
 mod signin;

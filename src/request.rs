@@ -36,6 +36,8 @@ fn pick_ip(forwarded_for: Option<&str>, peer: Option<&str>) -> Option<String> {
 pub struct CurrentSession {
     pub user_id: String,
     pub session_id: String,
+    pub aal: String,
+    pub amr: serde_json::Value,
 }
 
 /// The caller's session: the `sub` and `session_id` claims must name a live session of that
@@ -43,7 +45,7 @@ pub struct CurrentSession {
 /// `request.jwt.claims` still needs an unguessable, unrevoked session id to act as a user.
 pub fn current_session() -> Result<CurrentSession> {
     db::row_as::<CurrentSession>(
-        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id)
+        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal, 'amr', s.amr)
          FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
          WHERE s.id = CASE WHEN (auth.jwt() ->> 'session_id') ~* '^[0-9a-f-]{36}$'
                            THEN (auth.jwt() ->> 'session_id')::uuid END

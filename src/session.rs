@@ -20,7 +20,10 @@ pub const USER_JSON: &str = "jsonb_build_object(
     'display_name', u.display_name, 'avatar_url', u.avatar_url, 'locale', u.locale,
     'default_role', u.default_role, 'roles', to_jsonb(u.roles), 'metadata', u.metadata,
     'is_anonymous', u.is_anonymous, 'created_at', u.created_at,
-    'last_sign_in_at', u.last_sign_in_at, 'active_mfa_type', NULL)";
+    'last_sign_in_at', u.last_sign_in_at,
+    'active_mfa_type', (SELECT 'totp' FROM auth.mfa_factors f
+                        WHERE f.user_id = u.id AND f.factor_type = 'totp' AND f.status = 'verified'
+                        LIMIT 1))";
 
 #[derive(Deserialize)]
 struct SessionRow {
@@ -32,14 +35,31 @@ struct SessionRow {
 
 /// Starts an aal1 session for `user_id`, authenticated by `method`, and issues its tokens.
 pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Result<Value> {
+    start_with(cfg, user_id, "aal1", json!([]), method, ip)
+}
+
+/// Starts a session whose `amr` is `earlier_amr` plus `method` now.
+pub fn start_with(
+    cfg: &Config,
+    user_id: &str,
+    aal: &str,
+    earlier_amr: Value,
+    method: &str,
+    ip: Option<&str>,
+) -> Result<Value> {
     let id = db::row(
         "INSERT INTO auth.sessions (user_id, aal, amr, ip)
-         VALUES ($1::uuid, 'aal1',
-                 jsonb_build_array(jsonb_build_object('method', $2::text,
-                                                      'timestamp', floor(extract(epoch FROM now()))::bigint)),
-                 $3::inet)
+         VALUES ($1::uuid, $2, $3 || jsonb_build_array(jsonb_build_object(
+                     'method', $4::text, 'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                 $5::inet)
          RETURNING to_jsonb(id)",
-        &[db::text(user_id), db::text(method), db::opt_text(ip)],
+        &[
+            db::text(user_id),
+            db::text(aal),
+            db::jsonb(earlier_amr),
+            db::text(method),
+            db::opt_text(ip),
+        ],
     )?
     .and_then(|v| v.as_str().map(str::to_string))
     .ok_or_else(|| AuthError::internal("The session could not be created."))?;

@@ -1,11 +1,12 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action};
+use crate::outbox::{self, admit_send, lock_phone, Issued};
 use crate::{config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
 use pg_otp_auth_core::profile::{self, Policy, Profile};
-use pg_otp_auth_core::{otp, phone, ratelimit, template};
+use pg_otp_auth_core::{otp, phone, template};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
@@ -90,108 +91,6 @@ fn audit(event: &str, user_id: Option<&str>, phone: Option<&str>, ip: Option<&st
     )
 }
 
-#[derive(Deserialize)]
-struct Usage {
-    phone: Vec<f64>,
-    last: Option<f64>,
-    ip: Vec<f64>,
-    global: Vec<f64>,
-}
-
-/// Applies the cooldown and the per-phone, per-IP and global limits, then records this request.
-///
-/// Sends for one phone are serialised by an advisory lock so that concurrent requests cannot
-/// all slip under the limit; per-IP and global limits are approximate under concurrency.
-fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool) -> Result<()> {
-    let u: Usage = db::row_as(
-        "SELECT jsonb_build_object(
-            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
-                ORDER BY created_at DESC LIMIT $3) x),
-            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
-                     FROM auth.send_events WHERE phone = $1),
-            'ip', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE $4::inet IS NOT NULL AND ip = $4::inet
-                  AND created_at > now() - make_interval(secs => $5)
-                ORDER BY created_at DESC LIMIT $6) x),
-            'global', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE queued AND created_at > now() - interval '1 hour'
-                ORDER BY created_at DESC LIMIT $7) x))",
-        &[
-            db::text(phone),
-            cfg.sms_rate_per_phone_window.into(),
-            cfg.sms_rate_per_phone.into(),
-            db::opt_text(ip),
-            cfg.sms_rate_per_ip_window.into(),
-            cfg.sms_rate_per_ip.into(),
-            cfg.sms_budget_per_hour.into(),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
-
-    let too_many = "Too many codes were requested for this phone number.";
-    if let Some(s) = ratelimit::cooldown_retry_after(u.last, cfg.resend_cooldown as f64) {
-        return Err(AuthError::rate_limited(
-            "over-sms-send-rate-limit",
-            "A new code can be requested shortly.",
-            s,
-        ));
-    }
-    if let Some(s) = ratelimit::sliding_window_retry_after(
-        &u.phone,
-        cfg.sms_rate_per_phone,
-        cfg.sms_rate_per_phone_window as f64,
-    ) {
-        return Err(AuthError::rate_limited(
-            "over-sms-send-rate-limit",
-            too_many,
-            s,
-        ));
-    }
-    if ip.is_some() {
-        if let Some(s) = ratelimit::sliding_window_retry_after(
-            &u.ip,
-            cfg.sms_rate_per_ip,
-            cfg.sms_rate_per_ip_window as f64,
-        ) {
-            return Err(AuthError::rate_limited(
-                "over-request-rate-limit",
-                "Too many requests from this address.",
-                s,
-            ));
-        }
-    }
-    if let Some(s) =
-        ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0)
-    {
-        return Err(AuthError::rate_limited(
-            "over-sms-send-rate-limit",
-            "The service has sent too many messages; try again later.",
-            s,
-        ));
-    }
-    db::run(
-        "INSERT INTO auth.send_events (phone, ip, queued) VALUES ($1, $2::inet, $3)",
-        &[db::text(phone), db::opt_text(ip), will_queue.into()],
-    )
-}
-
-fn lock_phone(phone: &str) -> Result<()> {
-    db::run(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:' || $1, 0))",
-        &[db::text(phone)],
-    )
-}
-
-#[derive(Deserialize)]
-struct Issued {
-    id: Value,
-    expires_at: Value,
-}
-
 /// Issues a code for `phone` and queues its message, or (for `user == None`) answers the same
 /// shape without storing or queueing anything, so callers cannot tell the two apart.
 fn deliver(
@@ -240,21 +139,15 @@ fn deliver(
     }
     let ttl_minutes = (cfg.otp_ttl + 59) / 60;
     let body = template::render(cfg.template_for(Some(&user.locale)), &code, ttl_minutes)?;
-    let message: Issued = db::row_as(
-        "INSERT INTO auth.sms_outbox (phone, channel, body, captcha_token, purpose, user_id, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6::uuid, $7::timestamptz)
-         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
-        &[
-            db::text(phone),
-            db::text(channel),
-            db::text(&body),
-            db::opt_text(captcha_token),
-            db::text(PURPOSE),
-            db::text(&user.id),
-            db::text(issued.expires_at.as_str().unwrap_or_default()),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("The message could not be queued."))?;
+    let message = outbox::queue(&outbox::Message {
+        phone,
+        channel,
+        body: &body,
+        captcha_token,
+        purpose: PURPOSE,
+        user_id: &user.id,
+        expires_at: issued.expires_at.as_str().unwrap_or_default(),
+    })?;
     Ok(answer(message))
 }
 
@@ -409,6 +302,9 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
          WHERE id = $1::uuid",
         &[db::text(&user_id)],
     )?;
+    if let Some(mfa) = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())? {
+        return Ok(json!({"session": null, "mfa": mfa}));
+    }
     let session = session::start(&cfg, &user_id, "sms", ip.as_deref())?;
     audit("sign_in", Some(&user_id), Some(&phone), ip.as_deref())?;
     Ok(json!({"session": session, "mfa": null}))

@@ -61,6 +61,15 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "disable_signup", kind: Kind::Bool, default: || json!(false), description: "Refuse to create users." },
     Setting { name: "hasura_claims", kind: Kind::Bool, default: || json!(false), description: "Add the Hasura claims namespace to access tokens." },
     Setting { name: "refresh_token_ttl", kind: Kind::Seconds { min: 60, max: 365 * DAY }, default: || json!(30 * DAY), description: "Lifetime of a refresh token." },
+    Setting { name: "mfa_totp_issuer", kind: Kind::Text, default: || json!("pg_otp_auth"), description: "Issuer shown by authenticator apps for new TOTP factors." },
+    Setting { name: "mfa_max_factors", kind: Kind::Int { min: 1, max: 100 }, default: || json!(10), description: "Factors one user may enroll." },
+    Setting { name: "mfa_max_attempts", kind: Kind::Int { min: 1, max: 100 }, default: || json!(5), description: "Wrong codes after which an MFA challenge or sign-in ticket is dead." },
+    Setting { name: "mfa_challenge_ttl", kind: Kind::Seconds { min: 30, max: 3600 }, default: || json!(300), description: "How long an MFA challenge stays valid." },
+    Setting { name: "mfa_ticket_ttl", kind: Kind::Seconds { min: 30, max: 3600 }, default: || json!(300), description: "How long an MFA sign-in ticket stays valid." },
+    Setting { name: "mfa_signin_requires_totp", kind: Kind::Bool, default: || json!(true), description: "Users with a verified TOTP factor get a ticket, not a session, from verify_sms_otp." },
+    Setting { name: "mfa_failure_limit", kind: Kind::Int { min: 1, max: 1000 }, default: || json!(10), description: "Wrong second-factor codes one factor may see per mfa_failure_window, across all challenges and tickets." },
+    Setting { name: "mfa_failure_window", kind: Kind::Seconds { min: 60, max: DAY }, default: || json!(900), description: "Window of mfa_failure_limit." },
+    Setting { name: "totp_window", kind: Kind::Int { min: 0, max: 10 }, default: || json!(1), description: "TOTP time steps accepted either side of now." },
     Setting { name: "refresh_reuse_grace", kind: Kind::Seconds { min: 0, max: 300 }, default: || json!(10), description: "How long a rotated refresh token may still be presented before reuse revokes the session." },
 ];
 
@@ -98,6 +107,15 @@ pub struct Config {
     pub hasura_claims: bool,
     pub refresh_token_ttl: i64,
     pub refresh_reuse_grace: i64,
+    pub mfa_totp_issuer: String,
+    pub mfa_max_factors: i64,
+    pub mfa_max_attempts: i64,
+    pub mfa_challenge_ttl: i64,
+    pub mfa_ticket_ttl: i64,
+    pub mfa_signin_requires_totp: bool,
+    pub totp_window: u32,
+    pub mfa_failure_limit: i64,
+    pub mfa_failure_window: i64,
 }
 
 impl Config {
@@ -132,6 +150,7 @@ impl Config {
             ));
         }
         template::validate(&self.sms_template)?;
+        crate::mfa::check_issuer(&self.mfa_totp_issuer)?;
         for (locale, t) in &self.sms_templates {
             if !self.allowed_locales.contains(locale) {
                 return Err(AuthError::new(
@@ -296,6 +315,16 @@ mod tests {
         assert_eq!(c.sms_template, "Your code is {{code}}");
         assert_eq!(c.default_role, "authenticated");
         assert_eq!(c.refresh_reuse_grace, 10);
+        assert_eq!(
+            (
+                c.mfa_max_factors,
+                c.mfa_max_attempts,
+                c.mfa_challenge_ttl,
+                c.totp_window
+            ),
+            (10, 5, 300, 1)
+        );
+        assert!(c.mfa_signin_requires_totp);
         c.validate().unwrap();
     }
 

@@ -5,11 +5,13 @@
 
 pub mod config;
 pub mod error;
+pub mod mfa;
 pub mod otp;
 pub mod phone;
 pub mod profile;
 pub mod ratelimit;
 pub mod session;
 pub mod template;
+pub mod totp;
 
 pub use error::AuthError;

@@ -1,0 +1,879 @@
+//! Multi-factor authentication: TOTP and phone factors, challenges, aal2 sessions, sign-in
+//! tickets and recovery codes.
+
+use crate::autonomous::{self, Action};
+use crate::outbox::{self, admit_send, lock_phone, Issued};
+use crate::request::{self, CurrentSession};
+use crate::{config, db, session};
+use pg_otp_auth_core::config::Config;
+use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::mfa::{
+    check_friendly_name, check_issuer, format_ticket, new_recovery_codes, normalize_recovery_code,
+    parse_ticket,
+};
+use pg_otp_auth_core::session::refresh_token_hash;
+use pg_otp_auth_core::totp::{self, Algorithm, Params};
+use pg_otp_auth_core::{otp, phone, ratelimit, template};
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+const CHALLENGE_PURPOSE: &str = "mfa_challenge";
+const RECOVERY_PURPOSE: &str = "recovery";
+const TOTP_SECRET_BYTES: usize = 20;
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T> {
+    v.ok_or_else(|| AuthError::missing(name))
+}
+
+fn uuid_text(u: Uuid) -> String {
+    let b = u.as_bytes();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn factor_not_found() -> AuthError {
+    AuthError::new(404, "mfa-factor-not-found", "No such factor.")
+}
+
+fn invalid_totp() -> AuthError {
+    AuthError::new(401, "invalid-totp", "The code is invalid or has expired.")
+}
+
+fn invalid_ticket() -> AuthError {
+    AuthError::new(
+        401,
+        "invalid-ticket",
+        "The MFA ticket is invalid or has expired.",
+    )
+}
+
+fn audit(event: &str, user_id: &str, ip: Option<&str>, detail: Value) -> Result<()> {
+    db::run(
+        "INSERT INTO auth.audit_log (event, user_id, ip, detail) VALUES ($1, $2::uuid, $3::inet, $4)",
+        &[db::text(event), db::text(user_id), db::opt_text(ip), db::jsonb(detail)],
+    )
+}
+
+/// Serialises work on one key (a factor, a ticket, a user) within the transaction.
+fn lock(kind: &str, key: &str) -> Result<()> {
+    db::run(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:' || $1 || ':' || $2, 0))",
+        &[db::text(kind), db::text(key)],
+    )
+}
+
+fn digits_only(code: &str, n: usize) -> Result<()> {
+    otp::check_format(code, n)
+}
+
+#[derive(Deserialize)]
+struct Factor {
+    id: String,
+    factor_type: String,
+    status: String,
+    secret: Option<String>,
+    algorithm: String,
+    digits: u32,
+    period: u32,
+    last_used_step: Option<i64>,
+    phone: Option<String>,
+}
+
+impl Factor {
+    fn params(&self) -> Result<Params> {
+        Ok(Params {
+            digits: self.digits,
+            period: self.period,
+            algorithm: Algorithm::parse(&self.algorithm)?,
+        })
+    }
+
+    fn secret(&self) -> Vec<u8> {
+        self.secret.as_deref().map(from_hex).unwrap_or_default()
+    }
+
+    /// The step `code` matches if it is newer than the last accepted one (replay protection).
+    fn fresh_totp_step(&self, code: &str, now: i64, window: u32) -> Result<Option<u64>> {
+        let step = totp::verify(&self.secret(), code, now, self.params()?, window)?;
+        Ok(step.filter(|s| self.last_used_step.is_none_or(|last| (*s as i64) > last)))
+    }
+}
+
+const FACTOR_JSON: &str = "jsonb_build_object(
+    'id', f.id, 'factor_type', f.factor_type, 'status', f.status,
+    'secret', encode(f.secret, 'hex'), 'algorithm', f.algorithm, 'digits', f.digits,
+    'period', f.period, 'last_used_step', f.last_used_step, 'phone', f.phone)";
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+fn my_factor(me: &CurrentSession, factor_id: &str) -> Result<Factor> {
+    db::row_as(
+        &format!("SELECT {FACTOR_JSON} FROM auth.mfa_factors f WHERE f.id = $1::uuid AND f.user_id = $2::uuid"),
+        &[db::text(factor_id), db::text(&me.user_id)],
+    )?
+    .ok_or_else(factor_not_found)
+}
+
+fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
+    db::row_as(
+        &format!(
+            "SELECT {FACTOR_JSON} FROM auth.mfa_factors f
+             WHERE f.user_id = $1::uuid AND f.factor_type = 'totp' AND f.status = 'verified'
+             ORDER BY f.created_at LIMIT 1"
+        ),
+        &[db::text(user_id)],
+    )
+}
+
+fn now_epoch() -> Result<i64> {
+    db::row(
+        "SELECT to_jsonb(floor(extract(epoch FROM now()))::bigint)",
+        &[],
+    )?
+    .and_then(|v| v.as_i64())
+    .ok_or_else(|| AuthError::internal("now() failed"))
+}
+
+/// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
+/// (as mfa_challenge_and_verify makes) must not reset the count.
+fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
+    let ages: Vec<f64> = db::row_as(
+        "SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+             SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.audit_log
+             WHERE user_id = $1::uuid AND event IN ('mfa_verify_failed', 'mfa_signin_failed')
+               AND detail ->> 'factor_id' = $2
+               AND created_at > now() - make_interval(secs => $3)
+             ORDER BY created_at DESC LIMIT $4) x",
+        &[
+            db::text(user_id),
+            db::text(factor_id),
+            cfg.mfa_failure_window.into(),
+            cfg.mfa_failure_limit.into(),
+        ],
+    )?
+    .unwrap_or_default();
+    match ratelimit::sliding_window_retry_after(
+        &ages,
+        cfg.mfa_failure_limit,
+        cfg.mfa_failure_window as f64,
+    ) {
+        Some(wait) => Err(AuthError::rate_limited(
+            "too-many-attempts",
+            "Too many wrong codes for this factor.",
+            wait,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Records that `factor` accepted `step`; false if a concurrent call got there first.
+fn consume_totp_step(factor_id: &str, step: u64) -> Result<bool> {
+    Ok(db::row(
+        "UPDATE auth.mfa_factors SET last_used_step = $2, updated_at = now()
+         WHERE id = $1::uuid AND (last_used_step IS NULL OR last_used_step < $2)
+         RETURNING to_jsonb(true)",
+        &[db::text(factor_id), (step as i64).into()],
+    )?
+    .is_some())
+}
+
+fn enroll(
+    factor_type: Option<&str>,
+    friendly_name: Option<&str>,
+    phone_number: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<Value> {
+    let factor_type = required(factor_type, "factor_type")?;
+    if !matches!(factor_type, "totp" | "phone") {
+        return Err(AuthError::new(
+            400,
+            "mfa-type-not-found",
+            "factor_type must be totp or phone.",
+        ));
+    }
+    if let Some(n) = friendly_name {
+        check_friendly_name(n)?;
+    }
+    let phone_number = match (factor_type, phone_number) {
+        ("phone", Some(p)) => Some(phone::normalize(p)?),
+        ("phone", None) => return Err(AuthError::missing("phone")),
+        (_, Some(_)) => {
+            return Err(AuthError::invalid_request(
+                "phone is only for phone factors.",
+            ))
+        }
+        (_, None) => None,
+    };
+    if factor_type == "phone" && issuer.is_some() {
+        return Err(AuthError::invalid_request(
+            "issuer is only for TOTP factors.",
+        ));
+    }
+    let me = request::current_session()?;
+    let cfg = config::load()?;
+    let issuer = issuer.unwrap_or(&cfg.mfa_totp_issuer).to_string();
+    check_issuer(&issuer)?;
+    lock("user", &me.user_id)?;
+    // Enrollments abandoned for a day make room (and free their names) for new ones.
+    db::run(
+        "DELETE FROM auth.mfa_factors WHERE user_id = $1::uuid AND status = 'unverified'
+           AND created_at < now() - interval '1 day'",
+        &[db::text(&me.user_id)],
+    )?;
+    #[derive(Deserialize)]
+    struct Existing {
+        count: i64,
+        totp_active: bool,
+        name_taken: bool,
+        account: String,
+    }
+    let e: Existing = db::row_as(
+        "SELECT jsonb_build_object(
+             'count', (SELECT count(*) FROM auth.mfa_factors WHERE user_id = u.id),
+             'totp_active', EXISTS (SELECT 1 FROM auth.mfa_factors WHERE user_id = u.id
+                                    AND factor_type = 'totp' AND status = 'verified'),
+             'name_taken', EXISTS (SELECT 1 FROM auth.mfa_factors WHERE user_id = u.id
+                                   AND friendly_name = $2),
+             'account', coalesce(u.phone, u.id::text))
+         FROM auth.users u WHERE u.id = $1::uuid",
+        &[db::text(&me.user_id), db::opt_text(friendly_name)],
+    )?
+    .ok_or_else(AuthError::not_authenticated)?;
+    if e.count >= cfg.mfa_max_factors {
+        return Err(AuthError::new(
+            409,
+            "too-many-factors",
+            "The maximum number of factors is enrolled.",
+        ));
+    }
+    if e.name_taken {
+        return Err(AuthError::new(
+            409,
+            "factor-name-conflict",
+            "A factor with this friendly name exists.",
+        ));
+    }
+    let answer = if factor_type == "totp" {
+        if e.totp_active {
+            return Err(AuthError::new(
+                409,
+                "totp-already-active",
+                "A TOTP factor is already active.",
+            ));
+        }
+        let mut secret = [0u8; TOTP_SECRET_BYTES];
+        otp::random_bytes(&mut secret)?;
+        let secret_b32 = totp::base32_encode(&secret);
+        let uri = totp::key_uri(&issuer, &e.account, &secret_b32, Params::default());
+        let id = insert_factor(&me, "totp", friendly_name, Some(&secret), None)?;
+        json!({"id": id, "type": "totp", "friendly_name": friendly_name,
+               "totp": {"qr_code": totp::qr_svg(&uri)?, "secret": secret_b32, "uri": uri}})
+    } else {
+        let id = insert_factor(&me, "phone", friendly_name, None, phone_number.as_deref())?;
+        json!({"id": id, "type": "phone", "friendly_name": friendly_name, "phone": phone_number})
+    };
+    audit(
+        "mfa_enrolled",
+        &me.user_id,
+        request::client_ip()?.as_deref(),
+        json!({"factor_id": answer["id"], "factor_type": factor_type}),
+    )?;
+    Ok(answer)
+}
+
+fn insert_factor(
+    me: &CurrentSession,
+    factor_type: &str,
+    friendly_name: Option<&str>,
+    secret: Option<&[u8]>,
+    phone_number: Option<&str>,
+) -> Result<Value> {
+    db::row(
+        "INSERT INTO auth.mfa_factors (user_id, factor_type, friendly_name, secret, phone)
+         VALUES ($1::uuid, $2, $3, $4, $5) RETURNING to_jsonb(id)",
+        &[
+            db::text(&me.user_id),
+            db::text(factor_type),
+            db::opt_text(friendly_name),
+            secret.map(<[u8]>::to_vec).into(),
+            db::opt_text(phone_number),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The factor could not be stored."))
+}
+
+fn challenge(factor_id: Option<Uuid>, channel: Option<&str>) -> Result<Value> {
+    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let channel = match required(channel, "channel")? {
+        "sms" => "sms",
+        "whatsapp" => "whatsapp",
+        _ => {
+            return Err(AuthError::invalid_request(
+                "channel must be sms or whatsapp.",
+            ))
+        }
+    };
+    let me = request::current_session()?;
+    let cfg = config::load()?;
+    let factor = my_factor(&me, &factor_id)?;
+    let ip = request::client_ip()?;
+    let issued = start_challenge(&cfg, &me, &factor, channel, ip.as_deref())?;
+    Ok(json!({"id": issued.id, "type": factor.factor_type, "expires_at": issued.expires_at}))
+}
+
+fn start_challenge(
+    cfg: &Config,
+    me: &CurrentSession,
+    factor: &Factor,
+    channel: &str,
+    ip: Option<&str>,
+) -> Result<Issued> {
+    let mut code = None;
+    let mut code_hash: Option<Vec<u8>> = None;
+    if let Some(number) = factor.phone.as_deref() {
+        // Phone challenges are sends like sign-in codes: same lock, cooldown and limits.
+        lock_phone(number)?;
+        admit_send(cfg, number, ip, true)?;
+        let c = match cfg.test_otp.get(number) {
+            Some(fixed) => fixed.clone(),
+            None => otp::generate_code(cfg.otp_length)?,
+        };
+        let pepper = config::secret("otp_pepper")?;
+        code_hash = Some(otp::hash_code(&pepper, CHALLENGE_PURPOSE, &factor.id, &c));
+        code = Some(c);
+    }
+    let issued: Issued = db::row_as(
+        "INSERT INTO auth.mfa_challenges (factor_id, session_id, code_hash, ip, expires_at)
+         VALUES ($1::uuid, $2::uuid, $3, $4::inet, now() + make_interval(secs => $5))
+         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
+        &[
+            db::text(&factor.id),
+            db::text(&me.session_id),
+            code_hash.into(),
+            db::opt_text(ip),
+            cfg.mfa_challenge_ttl.into(),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The challenge could not be stored."))?;
+    if let (Some(number), Some(code)) = (factor.phone.as_deref(), code) {
+        if !cfg.test_otp.contains_key(number) {
+            let locale = db::row(
+                "SELECT to_jsonb(locale) FROM auth.users WHERE id = $1::uuid",
+                &[db::text(&me.user_id)],
+            )?;
+            let body = template::render(
+                cfg.template_for(locale.as_ref().and_then(Value::as_str)),
+                &code,
+                (cfg.mfa_challenge_ttl + 59) / 60,
+            )?;
+            outbox::queue(&outbox::Message {
+                phone: number,
+                channel,
+                body: &body,
+                captcha_token: None,
+                purpose: CHALLENGE_PURPOSE,
+                user_id: &me.user_id,
+                expires_at: issued.expires_at.as_str().unwrap_or_default(),
+            })?;
+        }
+    }
+    Ok(issued)
+}
+
+#[derive(Deserialize)]
+struct ChallengeRow {
+    id: String,
+    session_id: String,
+    code_hash: Option<String>,
+    attempts: i64,
+    live: bool,
+}
+
+fn verify(
+    factor_id: Option<Uuid>,
+    challenge_id: Option<Uuid>,
+    code: Option<&str>,
+) -> Result<Value> {
+    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let challenge_id = uuid_text(required(challenge_id, "challenge_id")?);
+    let code = required(code, "code")?;
+    let me = request::current_session()?;
+    let cfg = config::load()?;
+    let factor = my_factor(&me, &factor_id)?;
+    let ip = request::client_ip()?;
+    verify_challenge(&cfg, &me, &factor, &challenge_id, code, ip.as_deref())
+}
+
+fn verify_challenge(
+    cfg: &Config,
+    me: &CurrentSession,
+    factor: &Factor,
+    challenge_id: &str,
+    code: &str,
+    ip: Option<&str>,
+) -> Result<Value> {
+    let is_totp = factor.factor_type == "totp";
+    digits_only(
+        code,
+        if is_totp {
+            factor.digits as usize
+        } else {
+            cfg.otp_length
+        },
+    )?;
+    // One verification at a time per factor, so attempt counts and TOTP steps are exact.
+    lock("factor", &factor.id)?;
+    let factor = my_factor(me, &factor.id)?;
+    check_factor_failures(cfg, &me.user_id, &factor.id)?;
+    let c: ChallengeRow = db::row_as(
+        "SELECT jsonb_build_object('id', id, 'session_id', session_id,
+                                   'code_hash', encode(code_hash, 'hex'), 'attempts', attempts,
+                                   'live', verified_at IS NULL AND expires_at > now())
+         FROM auth.mfa_challenges WHERE id = $1::uuid AND factor_id = $2::uuid",
+        &[db::text(challenge_id), db::text(&factor.id)],
+    )?
+    .ok_or_else(|| AuthError::new(404, "mfa-challenge-not-found", "No such challenge."))?;
+    let usable = c.live && c.attempts < cfg.mfa_max_attempts && c.session_id == me.session_id;
+    let wrong = || {
+        if is_totp {
+            invalid_totp()
+        } else {
+            AuthError::invalid_otp()
+        }
+    };
+    let step = if is_totp {
+        factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?
+    } else {
+        let pepper = config::secret("otp_pepper")?;
+        let stored = c.code_hash.as_deref().map(from_hex).unwrap_or_default();
+        otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
+    };
+    let Some(step) = step.filter(|_| usable) else {
+        autonomous::perform(&Action::ChallengeFailed {
+            challenge_id: c.id,
+            factor_id: factor.id.clone(),
+            ip: ip.map(str::to_string),
+        });
+        return Err(wrong());
+    };
+    let consumed = db::row(
+        "UPDATE auth.mfa_challenges SET verified_at = now()
+         WHERE id = $1::uuid AND verified_at IS NULL RETURNING to_jsonb(true)",
+        &[db::text(&c.id)],
+    )?;
+    if consumed.is_none() || (is_totp && !consume_totp_step(&factor.id, step)?) {
+        return Err(wrong());
+    }
+    db::run(
+        "UPDATE auth.mfa_factors SET status = 'verified', updated_at = now() WHERE id = $1::uuid",
+        &[db::text(&factor.id)],
+    )?;
+    let method = if is_totp { "totp" } else { "mfa/phone" };
+    db::run(
+        "UPDATE auth.sessions SET aal = 'aal2',
+             amr = amr || jsonb_build_array(jsonb_build_object(
+                 'method', $2::text, 'timestamp', floor(extract(epoch FROM now()))::bigint))
+         WHERE id = $1::uuid",
+        &[db::text(&me.session_id), db::text(method)],
+    )?;
+    audit(
+        "mfa_verified",
+        &me.user_id,
+        ip,
+        json!({"factor_id": factor.id, "factor_type": factor.factor_type}),
+    )?;
+    session::issue(cfg, &me.session_id, None)
+}
+
+fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<Value> {
+    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let code = required(code, "code")?;
+    let me = request::current_session()?;
+    let cfg = config::load()?;
+    let factor = my_factor(&me, &factor_id)?;
+    if factor.factor_type != "totp" {
+        return Err(AuthError::invalid_request(
+            "Phone factors need mfa_challenge first, to send the code.",
+        ));
+    }
+    let ip = request::client_ip()?;
+    let issued = start_challenge(&cfg, &me, &factor, "sms", ip.as_deref())?;
+    let id = issued.id.as_str().unwrap_or_default().to_string();
+    verify_challenge(&cfg, &me, &factor, &id, code, ip.as_deref())
+}
+
+fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
+    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let me = request::current_session()?;
+    let factor = my_factor(&me, &factor_id)?;
+    if factor.status == "verified" && me.aal != "aal2" {
+        return Err(AuthError::new(
+            403,
+            "insufficient-aal",
+            "Removing a verified factor needs an aal2 session.",
+        ));
+    }
+    db::run(
+        "DELETE FROM auth.mfa_factors WHERE id = $1::uuid",
+        &[db::text(&factor.id)],
+    )?;
+    audit(
+        "mfa_unenrolled",
+        &me.user_id,
+        request::client_ip()?.as_deref(),
+        json!({"factor_id": factor.id, "factor_type": factor.factor_type}),
+    )?;
+    Ok(json!({"id": factor.id}))
+}
+
+fn list_factors() -> Result<Value> {
+    let me = request::current_session()?;
+    let all = db::rows(
+        "SELECT jsonb_build_object('id', id, 'type', factor_type, 'friendly_name', friendly_name,
+                                   'status', status, 'created_at', created_at, 'updated_at', updated_at)
+         FROM auth.mfa_factors WHERE user_id = $1::uuid ORDER BY created_at, id",
+        &[db::text(&me.user_id)],
+    )?;
+    let verified = |t: &str| -> Vec<Value> {
+        all.iter()
+            .filter(|f| f["type"] == t && f["status"] == "verified")
+            .cloned()
+            .collect()
+    };
+    Ok(json!({"all": all, "totp": verified("totp"), "phone": verified("phone")}))
+}
+
+fn assurance_level() -> Result<Value> {
+    let me = request::current_session()?;
+    let has_verified = db::row(
+        "SELECT to_jsonb(EXISTS (SELECT 1 FROM auth.mfa_factors
+                                 WHERE user_id = $1::uuid AND status = 'verified'))",
+        &[db::text(&me.user_id)],
+    )? == Some(Value::Bool(true));
+    Ok(json!({
+        "current_level": me.aal,
+        "next_level": if has_verified { "aal2" } else { me.aal.as_str() },
+        "current_authentication_methods": me.amr,
+    }))
+}
+
+/// Called by verify_sms_otp when the user owes a second factor: a ticket instead of a session.
+pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Option<Value>> {
+    if !cfg.mfa_signin_requires_totp || verified_totp_factor(user_id)?.is_none() {
+        return Ok(None);
+    }
+    let mut raw = [0u8; 16];
+    otp::random_bytes(&mut raw)?;
+    raw[6] = (raw[6] & 0x0f) | 0x40;
+    raw[8] = (raw[8] & 0x3f) | 0x80;
+    let ticket = format_ticket(&uuid_text(Uuid::from_bytes(raw)));
+    db::run(
+        "INSERT INTO auth.mfa_tickets (ticket_hash, user_id, first_amr, ip, expires_at)
+         VALUES ($1, $2::uuid,
+                 jsonb_build_array(jsonb_build_object('method', 'sms',
+                                   'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                 $3::inet, now() + make_interval(secs => $4))",
+        &[
+            refresh_token_hash(&ticket).into(),
+            db::text(user_id),
+            db::opt_text(ip),
+            cfg.mfa_ticket_ttl.into(),
+        ],
+    )?;
+    audit("mfa_ticket_issued", user_id, ip, json!({}))?;
+    Ok(Some(json!({"ticket": ticket})))
+}
+
+#[derive(Deserialize)]
+struct Ticket {
+    id: String,
+    user_id: String,
+    first_amr: Value,
+    attempts: i64,
+    live: bool,
+    disabled: bool,
+}
+
+fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
+    parse_ticket(ticket)?;
+    let hash = refresh_token_hash(ticket);
+    let key: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    lock("ticket", &key)?;
+    let t: Ticket = db::row_as(
+        "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
+                                   'attempts', t.attempts, 'disabled', u.disabled,
+                                   'live', t.consumed_at IS NULL AND t.expires_at > now())
+         FROM auth.mfa_tickets t JOIN auth.users u ON u.id = t.user_id WHERE t.ticket_hash = $1",
+        &[hash.into()],
+    )?
+    .ok_or_else(invalid_ticket)?;
+    if !t.live || t.attempts >= cfg.mfa_max_attempts {
+        return Err(invalid_ticket());
+    }
+    Ok(t)
+}
+
+fn finish_ticket(cfg: &Config, t: &Ticket, method: &str, ip: Option<&str>) -> Result<Value> {
+    let consumed = db::row(
+        "UPDATE auth.mfa_tickets SET consumed_at = now()
+         WHERE id = $1::uuid AND consumed_at IS NULL RETURNING to_jsonb(true)",
+        &[db::text(&t.id)],
+    )?;
+    if consumed.is_none() {
+        return Err(invalid_ticket());
+    }
+    if t.disabled {
+        return Err(AuthError::new(
+            403,
+            "disabled-user",
+            "This account is disabled.",
+        ));
+    }
+    db::run(
+        "UPDATE auth.users SET last_sign_in_at = now(), updated_at = now() WHERE id = $1::uuid",
+        &[db::text(&t.user_id)],
+    )?;
+    let s = session::start_with(cfg, &t.user_id, "aal2", t.first_amr.clone(), method, ip)?;
+    audit("sign_in", &t.user_id, ip, json!({"mfa": method}))?;
+    Ok(json!({"session": s, "mfa": null}))
+}
+
+fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
+    let ticket = required(ticket, "ticket")?;
+    let code = required(code, "otp")?;
+    let cfg = config::load()?;
+    let t = load_ticket(&cfg, ticket)?;
+    let factor = verified_totp_factor(&t.user_id)?.ok_or_else(invalid_ticket)?;
+    digits_only(code, factor.digits as usize)?;
+    lock("factor", &factor.id)?;
+    let ip = request::client_ip()?;
+    check_factor_failures(&cfg, &t.user_id, &factor.id)?;
+    let step = factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?;
+    let Some(step) = step else {
+        autonomous::perform(&Action::TicketFailed {
+            ticket_id: t.id,
+            factor_id: Some(factor.id.clone()),
+            ip,
+        });
+        return Err(invalid_totp());
+    };
+    if !consume_totp_step(&factor.id, step)? {
+        return Err(invalid_totp());
+    }
+    finish_ticket(&cfg, &t, "totp", ip.as_deref())
+}
+
+fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
+    let ticket = required(ticket, "ticket")?;
+    let code = normalize_recovery_code(required(code, "code")?)?;
+    let cfg = config::load()?;
+    let t = load_ticket(&cfg, ticket)?;
+    let ip = request::client_ip()?;
+    let pepper = config::secret("otp_pepper")?;
+    let presented = otp::hash_code(&pepper, RECOVERY_PURPOSE, &t.user_id, &code);
+    let unused = db::rows(
+        "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'))
+         FROM auth.mfa_recovery_codes WHERE user_id = $1::uuid AND used_at IS NULL",
+        &[db::text(&t.user_id)],
+    )?;
+    // Compare against every unused code, in constant time each, whichever matches.
+    let mut matched = None;
+    for row in &unused {
+        let stored = from_hex(row["hash"].as_str().unwrap_or_default());
+        if stored.len() == presented.len() && bool::from(stored.ct_eq(&presented)) {
+            matched = row["id"].as_str().map(str::to_string);
+        }
+    }
+    let spent = match matched {
+        Some(id) => db::row(
+            "UPDATE auth.mfa_recovery_codes SET used_at = now()
+             WHERE id = $1::uuid AND used_at IS NULL RETURNING to_jsonb(true)",
+            &[db::text(&id)],
+        )?
+        .is_some(),
+        None => false,
+    };
+    if !spent {
+        autonomous::perform(&Action::TicketFailed {
+            ticket_id: t.id,
+            factor_id: None,
+            ip,
+        });
+        return Err(AuthError::new(
+            401,
+            "invalid-recovery-code",
+            "The recovery code is invalid or already used.",
+        ));
+    }
+    audit("recovery_code_used", &t.user_id, ip.as_deref(), json!({}))?;
+    finish_ticket(&cfg, &t, "recovery", ip.as_deref())
+}
+
+fn generate_recovery_codes() -> Result<Value> {
+    let me = request::current_session()?;
+    if me.aal != "aal2" {
+        return Err(AuthError::new(
+            403,
+            "insufficient-aal",
+            "Recovery codes need an aal2 session.",
+        ));
+    }
+    let pepper = config::secret("otp_pepper")?;
+    let codes = new_recovery_codes()?;
+    let hashes: Vec<Value> = codes
+        .iter()
+        .map(|c| {
+            let h = otp::hash_code(&pepper, RECOVERY_PURPOSE, &me.user_id, &c.replace('-', ""));
+            Value::String(h.iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect();
+    db::run(
+        "DELETE FROM auth.mfa_recovery_codes WHERE user_id = $1::uuid",
+        &[db::text(&me.user_id)],
+    )?;
+    db::run(
+        "INSERT INTO auth.mfa_recovery_codes (user_id, code_hash)
+         SELECT $1::uuid, decode(h, 'hex') FROM jsonb_array_elements_text($2) AS h",
+        &[db::text(&me.user_id), db::jsonb(Value::Array(hashes))],
+    )?;
+    audit(
+        "recovery_codes_generated",
+        &me.user_id,
+        request::client_ip()?.as_deref(),
+        json!({}),
+    )?;
+    Ok(json!(codes))
+}
+
+fn hotp_fn(
+    secret: Option<Vec<u8>>,
+    counter: Option<i64>,
+    digits: Option<i32>,
+    algorithm: Option<&str>,
+) -> Result<Value> {
+    let secret = required(secret, "secret")?;
+    let counter = required(counter, "counter")?;
+    let digits = required(digits, "digits")?;
+    let algorithm = Algorithm::parse(required(algorithm, "algorithm")?)?;
+    if counter < 0 {
+        return Err(AuthError::invalid_request("counter must not be negative."));
+    }
+    if secret.is_empty() {
+        return Err(AuthError::invalid_request("secret must not be empty."));
+    }
+    Ok(json!(totp::hotp(
+        &secret,
+        counter as u64,
+        u32::try_from(digits).unwrap_or(0),
+        algorithm
+    )?))
+}
+
+fn totp_fn(
+    secret: Option<&str>,
+    at: Option<i64>,
+    digits: Option<i32>,
+    period: Option<i32>,
+    algorithm: Option<&str>,
+) -> Result<Value> {
+    let secret = totp::base32_decode(required(secret, "secret")?)?;
+    let at = required(at, "at")?;
+    let digits = u32::try_from(required(digits, "digits")?).unwrap_or(0);
+    let period = u32::try_from(required(period, "period")?).unwrap_or(0);
+    let algorithm = Algorithm::parse(required(algorithm, "algorithm")?)?;
+    Ok(json!(totp::totp(&secret, at, digits, period, algorithm)?))
+}
+
+#[pg_extern(name = "_mfa_enroll")]
+fn mfa_enroll_impl(
+    factor_type: Option<&str>,
+    friendly_name: Option<&str>,
+    phone: Option<&str>,
+    issuer: Option<&str>,
+) -> JsonB {
+    crate::respond(enroll(factor_type, friendly_name, phone, issuer))
+}
+
+#[pg_extern(name = "_mfa_challenge")]
+fn mfa_challenge_impl(factor_id: Option<Uuid>, channel: Option<&str>) -> JsonB {
+    crate::respond(challenge(factor_id, channel))
+}
+
+#[pg_extern(name = "_mfa_verify")]
+fn mfa_verify_impl(
+    factor_id: Option<Uuid>,
+    challenge_id: Option<Uuid>,
+    code: Option<&str>,
+) -> JsonB {
+    crate::respond(verify(factor_id, challenge_id, code))
+}
+
+#[pg_extern(name = "_mfa_challenge_and_verify")]
+fn mfa_challenge_and_verify_impl(factor_id: Option<Uuid>, code: Option<&str>) -> JsonB {
+    crate::respond(challenge_and_verify(factor_id, code))
+}
+
+#[pg_extern(name = "_mfa_unenroll")]
+fn mfa_unenroll_impl(factor_id: Option<Uuid>) -> JsonB {
+    crate::respond(unenroll(factor_id))
+}
+
+#[pg_extern(name = "_mfa_list_factors")]
+fn mfa_list_factors_impl() -> JsonB {
+    crate::respond(list_factors())
+}
+
+#[pg_extern(name = "_mfa_get_authenticator_assurance_level")]
+fn mfa_aal_impl() -> JsonB {
+    crate::respond(assurance_level())
+}
+
+#[pg_extern(name = "_signin_mfa_totp")]
+fn signin_mfa_totp_impl(ticket: Option<&str>, otp: Option<&str>) -> JsonB {
+    crate::respond(signin_totp(ticket, otp))
+}
+
+#[pg_extern(name = "_signin_mfa_recovery_code")]
+fn signin_mfa_recovery_code_impl(ticket: Option<&str>, code: Option<&str>) -> JsonB {
+    crate::respond(signin_recovery(ticket, code))
+}
+
+#[pg_extern(name = "_mfa_generate_recovery_codes")]
+fn mfa_generate_recovery_codes_impl() -> JsonB {
+    crate::respond(generate_recovery_codes())
+}
+
+#[pg_extern(name = "_hotp", immutable, parallel_safe)]
+fn hotp_impl(
+    secret: Option<Vec<u8>>,
+    counter: Option<i64>,
+    digits: Option<i32>,
+    algorithm: Option<&str>,
+) -> JsonB {
+    crate::respond(hotp_fn(secret, counter, digits, algorithm))
+}
+
+#[pg_extern(name = "_totp", immutable, parallel_safe)]
+fn totp_impl(
+    secret: Option<&str>,
+    at_epoch: Option<i64>,
+    digits: Option<i32>,
+    period: Option<i32>,
+    algorithm: Option<&str>,
+) -> JsonB {
+    crate::respond(totp_fn(secret, at_epoch, digits, period, algorithm))
+}

@@ -1,0 +1,141 @@
+//! The outbox side of sending codes: per-phone serialisation, rate limits, and queueing the
+//! message row a dispatcher delivers.
+
+use crate::db;
+use pg_otp_auth_core::config::Config;
+use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::ratelimit;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+struct Usage {
+    phone: Vec<f64>,
+    last: Option<f64>,
+    ip: Vec<f64>,
+    global: Vec<f64>,
+}
+
+/// Applies the cooldown and the per-phone, per-IP and global limits, then records this request.
+///
+/// Sends for one phone are serialised by an advisory lock so that concurrent requests cannot
+/// all slip under the limit; per-IP and global limits are approximate under concurrency.
+pub fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool) -> Result<()> {
+    let u: Usage = db::row_as(
+        "SELECT jsonb_build_object(
+            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
+                ORDER BY created_at DESC LIMIT $3) x),
+            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
+                     FROM auth.send_events WHERE phone = $1),
+            'ip', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE $4::inet IS NOT NULL AND ip = $4::inet
+                  AND created_at > now() - make_interval(secs => $5)
+                ORDER BY created_at DESC LIMIT $6) x),
+            'global', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE queued AND created_at > now() - interval '1 hour'
+                ORDER BY created_at DESC LIMIT $7) x))",
+        &[
+            db::text(phone),
+            cfg.sms_rate_per_phone_window.into(),
+            cfg.sms_rate_per_phone.into(),
+            db::opt_text(ip),
+            cfg.sms_rate_per_ip_window.into(),
+            cfg.sms_rate_per_ip.into(),
+            cfg.sms_budget_per_hour.into(),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
+
+    let too_many = "Too many codes were requested for this phone number.";
+    if let Some(s) = ratelimit::cooldown_retry_after(u.last, cfg.resend_cooldown as f64) {
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            "A new code can be requested shortly.",
+            s,
+        ));
+    }
+    if let Some(s) = ratelimit::sliding_window_retry_after(
+        &u.phone,
+        cfg.sms_rate_per_phone,
+        cfg.sms_rate_per_phone_window as f64,
+    ) {
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            too_many,
+            s,
+        ));
+    }
+    if ip.is_some() {
+        if let Some(s) = ratelimit::sliding_window_retry_after(
+            &u.ip,
+            cfg.sms_rate_per_ip,
+            cfg.sms_rate_per_ip_window as f64,
+        ) {
+            return Err(AuthError::rate_limited(
+                "over-request-rate-limit",
+                "Too many requests from this address.",
+                s,
+            ));
+        }
+    }
+    if let Some(s) =
+        ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0)
+    {
+        return Err(AuthError::rate_limited(
+            "over-sms-send-rate-limit",
+            "The service has sent too many messages; try again later.",
+            s,
+        ));
+    }
+    db::run(
+        "INSERT INTO auth.send_events (phone, ip, queued) VALUES ($1, $2::inet, $3)",
+        &[db::text(phone), db::opt_text(ip), will_queue.into()],
+    )
+}
+
+pub fn lock_phone(phone: &str) -> Result<()> {
+    db::run(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:' || $1, 0))",
+        &[db::text(phone)],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct Issued {
+    pub id: Value,
+    pub expires_at: Value,
+}
+
+pub struct Message<'a> {
+    pub phone: &'a str,
+    pub channel: &'a str,
+    pub body: &'a str,
+    pub captcha_token: Option<&'a str>,
+    pub purpose: &'a str,
+    pub user_id: &'a str,
+    /// The code's expiry: the dispatcher must not send the message after it.
+    pub expires_at: &'a str,
+}
+
+/// Queues one message; the insert trigger notifies `pg_otp_auth_outbox`.
+pub fn queue(m: &Message) -> Result<Issued> {
+    db::row_as(
+        "INSERT INTO auth.sms_outbox (phone, channel, body, captcha_token, purpose, user_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6::uuid, $7::timestamptz)
+         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
+        &[
+            db::text(m.phone),
+            db::text(m.channel),
+            db::text(m.body),
+            db::opt_text(m.captcha_token),
+            db::text(m.purpose),
+            db::text(m.user_id),
+            db::text(m.expires_at),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The message could not be queued."))
+}
