@@ -162,6 +162,101 @@ LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT auth._unwrap(auth._totp(secret, floor(extract(epoch FROM at))::bigint, digits, period, algorithm)) #>> '{}'
 $$;
 
+-- The dispatcher's interface (see README "Dispatcher"): executable by the extension owner and
+-- by roles given auth.grant_dispatcher(); not by PUBLIC.
+
+-- Leases up to batch_size due messages to the caller. Rows locked by another dispatcher are
+-- skipped, and a lease that runs out (the dispatcher died) makes its messages due again.
+CREATE FUNCTION auth.sms_claim(batch_size integer DEFAULT 100, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (id uuid, phone text, channel text, body text, captcha_token text, attempts integer,
+               expires_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'batch_size must be between 1 and 10000.',
+            DETAIL = 'invalid-request';
+    END IF;
+    IF lease IS NULL OR lease < interval '1 second' OR lease > interval '1 hour' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'lease must be between 1 second and 1 hour.',
+            DETAIL = 'invalid-request';
+    END IF;
+    -- A code that expired before delivery is never sent; its body (the plain code) goes.
+    UPDATE auth.sms_outbox o
+    SET status = 'expired', body = NULL, lease_until = NULL, updated_at = now()
+    WHERE o.status IN ('queued', 'sending') AND o.expires_at <= now()
+      AND (o.lease_until IS NULL OR o.lease_until < now());
+    RETURN QUERY
+    WITH due AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status IN ('queued', 'sending') AND o.next_attempt_at <= now()
+          AND o.expires_at > now() AND (o.lease_until IS NULL OR o.lease_until < now())
+        ORDER BY o.next_attempt_at
+        LIMIT sms_claim.batch_size
+        FOR UPDATE SKIP LOCKED)
+    UPDATE auth.sms_outbox o
+    SET status = 'sending', lease_until = now() + sms_claim.lease, attempts = o.attempts + 1,
+        updated_at = now()
+    FROM due WHERE o.id = due.id
+    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at;
+END
+$$;
+
+-- Records a delivery: the provider's id and the sent status in one commit; the body is cleared.
+CREATE FUNCTION auth.sms_mark_sent(id uuid, provider_message_id text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF sms_mark_sent.id IS NULL OR sms_mark_sent.provider_message_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'id and provider_message_id are required.',
+            DETAIL = 'invalid-request';
+    END IF;
+    UPDATE auth.sms_outbox o
+    SET status = 'sent', provider_message_id = sms_mark_sent.provider_message_id, body = NULL,
+        sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
+    WHERE o.id = sms_mark_sent.id AND o.status <> 'sent';
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM auth.sms_outbox o WHERE o.id = sms_mark_sent.id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such message.', DETAIL = 'message-not-found';
+    END IF;
+END
+$$;
+
+-- Records a failed attempt: retried with exponential backoff and jitter up to sms_max_attempts,
+-- then dead; a permanent (non-retryable) error is dead at once; an expired code is expired.
+CREATE FUNCTION auth.sms_mark_failed(id uuid, error text, retryable boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM auth._unwrap(auth._sms_mark_failed(id, error, retryable));
+END
+$$;
+
+-- For DBAs and the dispatcher's metrics: counts by status, the oldest due message, recent failures.
+CREATE FUNCTION auth.sms_queue_stats() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'counts', (SELECT jsonb_object_agg(s.status, coalesce(c.n, 0))
+                   FROM unnest(ARRAY['queued', 'sending', 'sent', 'dead', 'expired']) AS s(status)
+                   LEFT JOIN (SELECT status, count(*) AS n FROM auth.sms_outbox GROUP BY status) c
+                          ON c.status = s.status),
+        'max_attempts', coalesce((SELECT value FROM auth.config WHERE key = 'sms_max_attempts'), '5'),
+        'oldest_queued_age_seconds',
+            (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM auth.sms_outbox
+             WHERE status IN ('queued', 'sending')),
+        'recent_failures',
+            (SELECT coalesce(jsonb_agg(f ORDER BY f.updated_at DESC), '[]') FROM (
+                SELECT id, status, attempts, last_error, updated_at FROM auth.sms_outbox
+                WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 20) f))
+$$;
+
+-- Lets a role run the dispatcher: EXECUTE on the four functions above, nothing else.
+CREATE FUNCTION auth.grant_dispatcher(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION auth.sms_claim(integer, interval), '
+                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_failed(uuid, text, boolean), '
+                   'auth.sms_queue_stats() TO %I', role_name);
+END
+$$;
+
 -- Administration: owner only (not executable by PUBLIC).
 
 CREATE FUNCTION auth.settings()

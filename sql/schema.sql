@@ -123,6 +123,7 @@ CREATE TABLE auth.sms_outbox (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX sms_outbox_due ON auth.sms_outbox (next_attempt_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX sms_outbox_pending_expiry ON auth.sms_outbox (expires_at) WHERE status IN ('queued', 'sending');
 
 CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

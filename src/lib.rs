@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 mod autonomous;
 mod config;
 mod db;
+mod dispatch;
 mod mfa;
 mod outbox;
 mod request;

@@ -28,19 +28,6 @@ fn required<T>(v: Option<T>, name: &str) -> Result<T> {
     v.ok_or_else(|| AuthError::missing(name))
 }
 
-fn uuid_text(u: Uuid) -> String {
-    let b = u.as_bytes();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 fn factor_not_found() -> AuthError {
     AuthError::new(404, "mfa-factor-not-found", "No such factor.")
 }
@@ -317,7 +304,7 @@ fn insert_factor(
 }
 
 fn challenge(factor_id: Option<Uuid>, channel: Option<&str>) -> Result<Value> {
-    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let factor_id = required(factor_id, "factor_id")?.to_string();
     let channel = match required(channel, "channel")? {
         "sms" => "sms",
         "whatsapp" => "whatsapp",
@@ -408,8 +395,8 @@ fn verify(
     challenge_id: Option<Uuid>,
     code: Option<&str>,
 ) -> Result<Value> {
-    let factor_id = uuid_text(required(factor_id, "factor_id")?);
-    let challenge_id = uuid_text(required(challenge_id, "challenge_id")?);
+    let factor_id = required(factor_id, "factor_id")?.to_string();
+    let challenge_id = required(challenge_id, "challenge_id")?.to_string();
     let code = required(code, "code")?;
     let me = request::current_session()?;
     let cfg = config::load()?;
@@ -500,7 +487,7 @@ fn verify_challenge(
 }
 
 fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<Value> {
-    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let factor_id = required(factor_id, "factor_id")?.to_string();
     let code = required(code, "code")?;
     let me = request::current_session()?;
     let cfg = config::load()?;
@@ -517,7 +504,7 @@ fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<V
 }
 
 fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
-    let factor_id = uuid_text(required(factor_id, "factor_id")?);
+    let factor_id = required(factor_id, "factor_id")?.to_string();
     let me = request::current_session()?;
     let factor = my_factor(&me, &factor_id)?;
     if factor.status == "verified" && me.aal != "aal2" {
@@ -580,7 +567,7 @@ pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Opt
     otp::random_bytes(&mut raw)?;
     raw[6] = (raw[6] & 0x0f) | 0x40;
     raw[8] = (raw[8] & 0x3f) | 0x80;
-    let ticket = format_ticket(&uuid_text(Uuid::from_bytes(raw)));
+    let ticket = format_ticket(&Uuid::from_bytes(raw).to_string());
     db::run(
         "INSERT INTO auth.mfa_tickets (ticket_hash, user_id, first_amr, ip, expires_at)
          VALUES ($1, $2::uuid,

@@ -60,6 +60,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "allowed_redirect_prefixes", kind: Kind::TextList, default: || json!([]), description: "URL prefixes a sign-up redirectTo may start with." },
     Setting { name: "disable_signup", kind: Kind::Bool, default: || json!(false), description: "Refuse to create users." },
     Setting { name: "hasura_claims", kind: Kind::Bool, default: || json!(false), description: "Add the Hasura claims namespace to access tokens." },
+    Setting { name: "sms_max_attempts", kind: Kind::Int { min: 1, max: 100 }, default: || json!(5), description: "Delivery attempts before a message is dead-lettered." },
+    Setting { name: "sms_retry_base", kind: Kind::Seconds { min: 1, max: 3600 }, default: || json!(5), description: "First retry delay; doubles per attempt, with jitter." },
+    Setting { name: "sms_retry_max", kind: Kind::Seconds { min: 1, max: DAY }, default: || json!(300), description: "Longest retry delay." },
     Setting { name: "refresh_token_ttl", kind: Kind::Seconds { min: 60, max: 365 * DAY }, default: || json!(30 * DAY), description: "Lifetime of a refresh token." },
     Setting { name: "mfa_totp_issuer", kind: Kind::Text, default: || json!("pg_otp_auth"), description: "Issuer shown by authenticator apps for new TOTP factors." },
     Setting { name: "mfa_max_factors", kind: Kind::Int { min: 1, max: 100 }, default: || json!(10), description: "Factors one user may enroll." },
@@ -116,6 +119,9 @@ pub struct Config {
     pub totp_window: u32,
     pub mfa_failure_limit: i64,
     pub mfa_failure_window: i64,
+    pub sms_max_attempts: i64,
+    pub sms_retry_base: i64,
+    pub sms_retry_max: i64,
 }
 
 impl Config {

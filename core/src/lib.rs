@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod mfa;
 pub mod otp;
+pub mod outbox;
 pub mod phone;
 pub mod profile;
 pub mod ratelimit;
