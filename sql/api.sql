@@ -237,7 +237,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                    FROM unnest(ARRAY['queued', 'sending', 'sent', 'dead', 'expired']) AS s(status)
                    LEFT JOIN (SELECT status, count(*) AS n FROM auth.sms_outbox GROUP BY status) c
                           ON c.status = s.status),
-        'max_attempts', coalesce((SELECT value FROM auth.config WHERE key = 'sms_max_attempts'), '5'),
+        'max_attempts', (SELECT s.value FROM auth.settings() s WHERE s.name = 'sms_max_attempts'),
         'oldest_queued_age_seconds',
             (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM auth.sms_outbox
              WHERE status IN ('queued', 'sending')),

@@ -1,0 +1,234 @@
+//! The delivery loop: claim due messages, send them concurrently, record every outcome.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::provider::Failure;
+use crate::store::{self, Claimed, Store};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+struct Shared {
+    cfg: Config,
+    store: Store,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    max_attempts: AtomicI64,
+}
+
+enum Outcome {
+    Sent(String),
+    Failed(Failure),
+}
+
+/// Runs until `stop` turns true, then finishes in-flight sends (recording their results) within
+/// the shutdown timeout. Messages whose results could not be recorded are retried by whichever
+/// dispatcher claims them after their lease: delivery is at least once.
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let store = Store::new(&cfg.database_url, cfg.concurrency + 2)?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("pg-otp-dispatcher/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        cfg,
+        store,
+        http,
+        metrics,
+        max_attempts: AtomicI64::new(5),
+    });
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(store::listen(shared.cfg.database_url.clone(), wake.clone()));
+    let stats = tokio::spawn(refresh_stats(shared.clone()));
+    let slots = Arc::new(Semaphore::new(shared.cfg.concurrency));
+    let mut in_flight = JoinSet::new();
+    let mut db_backoff = Duration::from_millis(100);
+
+    while !*stop.borrow() {
+        while in_flight.try_join_next().is_some() {}
+        let free = slots.available_permits().min(shared.cfg.batch_size);
+        if free == 0 {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        match shared.store.claim(free, shared.cfg.lease).await {
+            Ok(batch) if !batch.is_empty() => {
+                shared.metrics.db_ok();
+                db_backoff = Duration::from_millis(100);
+                tracing::debug!(count = batch.len(), "claimed");
+                for claimed in batch {
+                    let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                    let s = shared.clone();
+                    in_flight.spawn(async move {
+                        deliver(&s, claimed).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Ok(_) => {
+                shared.metrics.db_ok();
+                db_backoff = Duration::from_millis(100);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(shared.cfg.poll) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&shared.metrics.db_errors);
+                tracing::warn!(error = %e, "claiming failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(db_backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    tracing::info!(
+        in_flight = in_flight.len(),
+        "stopping: no new claims; finishing in-flight sends"
+    );
+    let deadline = tokio::time::sleep(shared.cfg.shutdown_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = in_flight.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(left = in_flight.len(), "shutdown timeout; unrecorded messages will be retried after their lease");
+                in_flight.abort_all();
+                break;
+            }
+        }
+    }
+    listener.abort();
+    stats.abort();
+    Ok(())
+}
+
+async fn deliver(s: &Shared, c: Claimed) {
+    let m = &c.message;
+    let outcome = if c.expired {
+        Metrics::inc(&s.metrics.expired);
+        Outcome::Failed(Failure::permanent(
+            "the code expired before it could be sent",
+        ))
+    } else {
+        match captcha_verdict(s, &c).await {
+            Err(f) => Outcome::Failed(f),
+            Ok(()) => {
+                let started = Instant::now();
+                let result = s.cfg.provider.send(&s.http, m, s.cfg.http_timeout).await;
+                s.metrics.observe_send(started.elapsed());
+                match result {
+                    Ok(id) => Outcome::Sent(id),
+                    Err(f) => Outcome::Failed(f),
+                }
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Sent(id) => {
+            Metrics::inc(&s.metrics.sent);
+            tracing::info!(message_id = %m.id, provider_message_id = %id, attempt = m.attempts, "sent");
+        }
+        Outcome::Failed(f) => {
+            Metrics::inc(&s.metrics.failed);
+            let will_retry =
+                f.retryable && (m.attempts as i64) < s.max_attempts.load(Ordering::Relaxed);
+            Metrics::inc(if will_retry {
+                &s.metrics.retried
+            } else {
+                &s.metrics.dead
+            });
+            tracing::warn!(message_id = %m.id, attempt = m.attempts, retryable = f.retryable, error = %f.message, "delivery failed");
+        }
+    }
+    record(s, &m.id, &outcome).await;
+}
+
+async fn captcha_verdict(s: &Shared, c: &Claimed) -> Result<(), Failure> {
+    let Some(captcha) = &s.cfg.captcha else {
+        return Ok(());
+    };
+    match c.captcha_token.as_deref() {
+        None if s.cfg.captcha_required => {
+            Metrics::inc(&s.metrics.captcha_rejected);
+            Err(Failure::permanent("no captcha token"))
+        }
+        None => Ok(()),
+        Some(token) => match captcha.verify(&s.http, token, s.cfg.http_timeout).await? {
+            true => Ok(()),
+            false => {
+                Metrics::inc(&s.metrics.captcha_rejected);
+                Err(Failure::permanent("captcha verification failed"))
+            }
+        },
+    }
+}
+
+/// Records an outcome, retrying while the database is unreachable (it may be restarting).
+async fn record(s: &Shared, id: &str, outcome: &Outcome) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let r = match outcome {
+            Outcome::Sent(pid) => s.store.mark_sent(id, pid).await,
+            Outcome::Failed(f) => s.store.mark_failed(id, &f.message, f.retryable).await,
+        };
+        match r {
+            Ok(()) => {
+                s.metrics.db_ok();
+                return;
+            }
+            Err(e) => {
+                Metrics::inc(&s.metrics.db_errors);
+                tracing::warn!(message_id = %id, error = %e, "recording the outcome failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn refresh_stats(s: Arc<Shared>) {
+    loop {
+        match s.store.stats().await {
+            Ok(v) => {
+                s.metrics.db_ok();
+                if let Some(n) = v["max_attempts"].as_i64() {
+                    s.max_attempts.store(n, Ordering::Relaxed);
+                }
+                let counts = v["counts"].as_object().cloned().unwrap_or_default();
+                let depth = ["queued", "sending"]
+                    .iter()
+                    .map(|k| counts.get(*k).and_then(|n| n.as_i64()).unwrap_or(0))
+                    .sum();
+                s.metrics.queue_depth.store(depth, Ordering::Relaxed);
+                *s.metrics.outbox.lock().unwrap() = counts
+                    .iter()
+                    .map(|(k, n)| (k.clone(), n.as_i64().unwrap_or(0)))
+                    .collect();
+            }
+            Err(e) => {
+                Metrics::inc(&s.metrics.db_errors);
+                tracing::debug!(error = %e, "stats refresh failed");
+            }
+        }
+        tokio::time::sleep(
+            Duration::from_secs(5)
+                .min(s.cfg.poll * 4)
+                .max(Duration::from_millis(500)),
+        )
+        .await;
+    }
+}
