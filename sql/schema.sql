@@ -142,6 +142,7 @@ CREATE TABLE auth.send_events (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     phone      text NOT NULL,
     ip         inet,
+    channel    text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
     queued     boolean NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );

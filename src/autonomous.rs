@@ -4,11 +4,16 @@
 //! any attempt counter it bumped. Counting the attempt in the same transaction would therefore
 //! give an attacker unlimited guesses. Instead the caller starts a short-lived dynamic
 //! background worker, which runs one fixed statement in its own transaction and commits, and
-//! waits for it before raising. The worker takes no SQL from the caller: only an action name
-//! and its arguments (row ids, phone, IP), all re-validated by casts in fixed statements.
+//! waits for it. The worker takes no SQL from the caller: only an action tag and its arguments
+//! (row ids, phone, IP), all re-validated by casts in fixed statements.
 //!
-//! Only failure paths start a worker, so successful sign-ins cost nothing extra.
+//! Every judged attempt is recorded *before* its verdict is revealed, and the caller checks
+//! that the record was committed (by the audit row id it chose). If it was not (no worker slot,
+//! a lock timeout), the call fails closed with the same answer whatever the verdict, so an
+//! unrecorded guess teaches nothing.
 
+use crate::db;
+use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -16,33 +21,37 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use std::time::Duration;
 
-/// An autonomous write the worker knows how to perform.
+/// What an attempt was made against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A sign-in code (by row) for a phone.
+    Code { code_id: String, phone: String },
+    /// An MFA challenge; `challenge_id` is None when the failing call created it itself (and
+    /// the worker cannot see it), in which case only the factor-level record is made.
+    Challenge {
+        challenge_id: Option<String>,
+        factor_id: String,
+    },
+    /// An MFA sign-in ticket, with the factor it was checked against (none for recovery codes).
+    Ticket {
+        ticket_id: String,
+        factor_id: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// A wrong guess at a stored code: count it and audit it. `code_id` is None when the phone
-    /// had no live code (audited only).
-    CodeAttemptFailed {
-        code_id: Option<String>,
-        subject: String,
+    /// An attempt at a secret: count it on its row and audit it.
+    Attempt {
+        audit_id: String,
+        target: Target,
+        failed: bool,
         ip: Option<String>,
     },
     /// A rotated refresh token presented after the grace period: revoke the whole session.
     RefreshTokenReused {
+        audit_id: String,
         token_id: String,
-        ip: Option<String>,
-    },
-    /// A wrong code for an MFA challenge.
-    /// The failure is audited against the factor even when the challenge is not visible (it
-    /// was created by the failing call itself), so per-factor limits see every guess.
-    ChallengeFailed {
-        challenge_id: String,
-        factor_id: String,
-        ip: Option<String>,
-    },
-    /// A wrong TOTP or recovery code presented with an MFA sign-in ticket.
-    TicketFailed {
-        ticket_id: String,
-        factor_id: Option<String>,
         ip: Option<String>,
     },
 }
@@ -51,43 +60,75 @@ const SEP: char = '|';
 /// bgw_extra is 128 bytes including the terminating NUL.
 const MAX_PAYLOAD: usize = 127;
 
+/// A UUID as 22 URL-safe base64 characters, so two ids, an audit id and a full IPv6 address fit
+/// in bgw_extra.
+fn pack(uuid: &str) -> String {
+    use base64::Engine;
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    let bytes: Vec<u8> = (0..16)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unpack(packed: &str) -> Option<String> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(packed)
+        .ok()?;
+    if b.len() != 16 {
+        return None;
+    }
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
 impl Action {
-    /// Short tags and dash-less UUIDs keep two ids and a full IPv6 address within bgw_extra.
     fn encode(&self) -> String {
-        let o = |v: &Option<String>| v.as_deref().map(compact).unwrap_or_default();
+        let ip = |v: &Option<String>| v.clone().unwrap_or_default();
+        let opt = |v: &Option<String>| v.as_deref().map(pack).unwrap_or_default();
         match self {
-            Action::CodeAttemptFailed {
-                code_id,
-                subject,
-                ip,
+            Action::Attempt {
+                audit_id,
+                target,
+                failed,
+                ip: addr,
             } => {
-                format!("code{SEP}{}{SEP}{subject}{SEP}{}", o(code_id), o(ip))
-            }
-            Action::RefreshTokenReused { token_id, ip } => {
-                format!("reuse{SEP}{}{SEP}{}", compact(token_id), o(ip))
-            }
-            Action::ChallengeFailed {
-                challenge_id,
-                factor_id,
-                ip,
-            } => {
+                let f = if *failed { "1" } else { "0" };
+                let (tag, a, b) = match target {
+                    Target::Code { code_id, phone } => ("c", pack(code_id), phone.clone()),
+                    Target::Challenge {
+                        challenge_id,
+                        factor_id,
+                    } => ("h", opt(challenge_id), pack(factor_id)),
+                    Target::Ticket {
+                        ticket_id,
+                        factor_id,
+                    } => ("t", pack(ticket_id), opt(factor_id)),
+                };
                 format!(
-                    "chal{SEP}{}{SEP}{}{SEP}{}",
-                    compact(challenge_id),
-                    compact(factor_id),
-                    o(ip)
+                    "{tag}{SEP}{}{SEP}{f}{SEP}{a}{SEP}{b}{SEP}{}",
+                    pack(audit_id),
+                    ip(addr)
                 )
             }
-            Action::TicketFailed {
-                ticket_id,
-                factor_id,
-                ip,
+            Action::RefreshTokenReused {
+                audit_id,
+                token_id,
+                ip: addr,
             } => {
                 format!(
-                    "tick{SEP}{}{SEP}{}{SEP}{}",
-                    compact(ticket_id),
-                    o(factor_id),
-                    o(ip)
+                    "r{SEP}{}{SEP}{}{SEP}{}",
+                    pack(audit_id),
+                    pack(token_id),
+                    ip(addr)
                 )
             }
         }
@@ -95,48 +136,80 @@ impl Action {
 
     fn decode(s: &str) -> Option<Action> {
         let parts: Vec<&str> = s.split(SEP).collect();
-        let opt = |p: &str| (!p.is_empty()).then(|| p.to_string());
+        let ip = |p: &str| (!p.is_empty()).then(|| p.to_string());
+        let opt = |p: &str| {
+            if p.is_empty() {
+                Some(None)
+            } else {
+                unpack(p).map(Some)
+            }
+        };
         match parts.as_slice() {
-            ["code", code_id, subject, ip] => Some(Action::CodeAttemptFailed {
-                code_id: opt(code_id),
-                subject: subject.to_string(),
-                ip: opt(ip),
-            }),
-            ["reuse", token_id, ip] => Some(Action::RefreshTokenReused {
-                token_id: token_id.to_string(),
-                ip: opt(ip),
-            }),
-            ["chal", challenge_id, factor_id, ip] => Some(Action::ChallengeFailed {
-                challenge_id: challenge_id.to_string(),
-                factor_id: factor_id.to_string(),
-                ip: opt(ip),
-            }),
-            ["tick", ticket_id, factor_id, ip] => Some(Action::TicketFailed {
-                ticket_id: ticket_id.to_string(),
-                factor_id: opt(factor_id),
-                ip: opt(ip),
+            [tag @ ("c" | "h" | "t"), audit, f, a, b, addr] => {
+                let target = match *tag {
+                    "c" => Target::Code {
+                        code_id: unpack(a)?,
+                        phone: b.to_string(),
+                    },
+                    "h" => Target::Challenge {
+                        challenge_id: opt(a)?,
+                        factor_id: unpack(b)?,
+                    },
+                    _ => Target::Ticket {
+                        ticket_id: unpack(a)?,
+                        factor_id: opt(b)?,
+                    },
+                };
+                Some(Action::Attempt {
+                    audit_id: unpack(audit)?,
+                    target,
+                    failed: *f == "1",
+                    ip: ip(addr),
+                })
+            }
+            ["r", audit, token, addr] => Some(Action::RefreshTokenReused {
+                audit_id: unpack(audit)?,
+                token_id: unpack(token)?,
+                ip: ip(addr),
             }),
             _ => None,
         }
     }
+
+    fn audit_id(&self) -> &str {
+        match self {
+            Action::Attempt { audit_id, .. } | Action::RefreshTokenReused { audit_id, .. } => {
+                audit_id
+            }
+        }
+    }
 }
 
-/// PostgreSQL reads a UUID with or without dashes; without saves 4 bytes each.
-fn compact(id: &str) -> String {
-    id.replace('-', "")
+/// A fresh id for the audit row an action will write.
+pub fn new_audit_id() -> Result<String> {
+    db::row("SELECT to_jsonb(gen_random_uuid())", &[])?
+        .and_then(|v| v.as_str().map(str::to_string))
+        .ok_or_else(|| AuthError::internal("gen_random_uuid() failed"))
 }
 
-/// Performs `action` in its own committed transaction and waits for it.
-///
-/// If no worker slot frees up within about a second, the write is lost and a WARNING is logged
-/// (the caller still answers with its error).
-pub fn perform(action: &Action) {
+fn unavailable() -> AuthError {
+    AuthError::new(
+        503,
+        "temporarily-unavailable",
+        "The attempt could not be recorded; try again shortly.",
+    )
+    .with_hint("retry after 1 seconds")
+}
+
+/// Performs `action` in its own committed transaction, waits for it, and confirms that it was
+/// committed. Err (PT503) if it was not: the caller must then not reveal its verdict.
+pub fn record(action: &Action) -> Result<()> {
     let payload = action.encode();
     if payload.len() > MAX_PAYLOAD {
-        warning!("pg_otp_auth: autonomous write payload too long, not recorded");
-        return;
+        return Err(AuthError::internal("autonomous write payload too long"));
     }
     let dboid = unsafe { pg_sys::MyDatabaseId };
+    let mut done = false;
     for _ in 0..100 {
         let builder = BackgroundWorkerBuilder::new("pg_otp_auth autonomous write")
             .set_type("pg_otp_auth")
@@ -148,17 +221,44 @@ pub fn perform(action: &Action) {
             .set_argument(dboid.into_datum())
             .set_extra(&payload)
             .set_notify_pid(unsafe { pg_sys::MyProcPid });
-        match builder.load_dynamic() {
-            Ok(worker) => {
-                if let Err(status) = worker.wait_for_shutdown() {
-                    warning!("pg_otp_auth: autonomous write did not finish: {status:?}");
-                }
-                return;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        if let Ok(worker) = builder.load_dynamic() {
+            done = worker.wait_for_shutdown().is_ok();
+            break;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    warning!("pg_otp_auth: no background worker slot free (max_worker_processes); a failed attempt was not recorded");
+    // Read committed: this statement sees what the worker committed.
+    let committed = done
+        && db::row(
+            "SELECT to_jsonb(true) FROM auth.audit_log WHERE id = $1::uuid",
+            &[db::text(action.audit_id())],
+        )?
+        .is_some();
+    if committed {
+        Ok(())
+    } else {
+        warning!("pg_otp_auth: an attempt could not be recorded (worker slots exhausted or worker failed)");
+        Err(unavailable())
+    }
+}
+
+/// Refuses to judge secrets where the worker's records would not bind: in REPEATABLE READ or
+/// SERIALIZABLE the caller cannot see what the worker commits, and in a transaction that has
+/// already written, the worker cannot see what the caller wrote (such as a code it just sent).
+/// Must be the caller's first database access (see [`db::read_row`]).
+pub fn require_own_transaction() -> Result<()> {
+    let ok = db::read_row(
+        "SELECT to_jsonb(current_setting('transaction_isolation') = 'read committed'
+                         AND pg_current_xact_id_if_assigned() IS NULL)",
+        &[],
+    )?;
+    if ok == Some(serde_json::Value::Bool(true)) {
+        Ok(())
+    } else {
+        Err(AuthError::invalid_request(
+            "Codes and tokens must be checked in a READ COMMITTED transaction that has written nothing yet.",
+        ))
+    }
 }
 
 #[pg_guard]
@@ -176,84 +276,85 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
         Spi::run("SET LOCAL lock_timeout = '5s'").expect("SET lock_timeout");
         Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").expect("SET search_path");
         match action {
-            Action::CodeAttemptFailed {
-                code_id,
-                subject,
+            Action::Attempt {
+                audit_id,
+                target,
+                failed,
                 ip,
             } => {
-                let args: [DatumWithOid; 3] = [code_id.into(), subject.into(), ip.into()];
-                Spi::run_with_args(
-                    "WITH c AS (
-                         UPDATE auth.otp_codes SET attempts = attempts + 1
-                         WHERE id = $1::uuid
-                         RETURNING user_id, purpose, attempts)
-                     INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-                     SELECT 'verify_failed', c.user_id, $2, $3::inet,
-                            jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
-                     FROM c
-                     UNION ALL
-                     SELECT 'verify_failed', NULL, $2, $3::inet, jsonb_build_object('no_live_code', true)
-                     WHERE NOT EXISTS (SELECT 1 FROM c)",
-                    &args,
-                )
-                .expect("record failed attempt");
+                let (sql, a, b) = match target {
+                    Target::Code { code_id, phone } => (
+                        "WITH c AS (
+                             UPDATE auth.otp_codes SET attempts = attempts + 1 WHERE id = $3::uuid
+                             RETURNING user_id, purpose, attempts)
+                         INSERT INTO auth.audit_log (id, event, user_id, phone, ip, detail)
+                         SELECT $1::uuid, CASE WHEN $2 THEN 'verify_failed' ELSE 'verify_attempt' END,
+                                c.user_id, $4, $5::inet,
+                                jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
+                         FROM c",
+                        Some(code_id),
+                        Some(phone),
+                    ),
+                    Target::Challenge { challenge_id, factor_id } => (
+                        "WITH c AS (
+                             UPDATE auth.mfa_challenges SET attempts = attempts + 1
+                             WHERE id = $3::uuid RETURNING attempts)
+                         INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+                         SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_verify_failed' ELSE 'mfa_verify_attempt' END,
+                                f.user_id, $5::inet,
+                                jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
+                                                   'challenge_id', $3::uuid,
+                                                   'attempts', (SELECT attempts FROM c))
+                         FROM auth.mfa_factors f WHERE f.id = $4::uuid",
+                        challenge_id,
+                        Some(factor_id),
+                    ),
+                    Target::Ticket { ticket_id, factor_id } => (
+                        "WITH t AS (
+                             UPDATE auth.mfa_tickets SET attempts = attempts + 1
+                             WHERE id = $3::uuid RETURNING id, user_id, attempts)
+                         INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+                         SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_signin_failed' ELSE 'mfa_signin_attempt' END,
+                                t.user_id, $5::inet,
+                                jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
+                                                   'factor_id', $4::uuid)
+                         FROM t",
+                        Some(ticket_id),
+                        factor_id,
+                    ),
+                };
+                let args: [DatumWithOid; 5] = [
+                    audit_id.into(),
+                    failed.into(),
+                    a.into(),
+                    b.into(),
+                    ip.into(),
+                ];
+                Spi::run_with_args(sql, &args).expect("record attempt");
             }
-            Action::RefreshTokenReused { token_id, ip } => {
-                let args: [DatumWithOid; 2] = [token_id.into(), ip.into()];
+            Action::RefreshTokenReused {
+                audit_id,
+                token_id,
+                ip,
+            } => {
+                let args: [DatumWithOid; 3] = [audit_id.into(), token_id.into(), ip.into()];
                 Spi::run_with_args(
                     "WITH s AS (
-                         UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'refresh_token_reused'
-                         WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $1::uuid)
+                         UPDATE auth.sessions SET revoked_at = clock_timestamp(),
+                                                  revoked_reason = 'refresh_token_reused'
+                         WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $2::uuid)
                            AND revoked_at IS NULL
                          RETURNING id, user_id)
-                     INSERT INTO auth.audit_log (event, user_id, ip, detail)
-                     SELECT 'refresh_token_reused', s.user_id, $2::inet,
-                            jsonb_build_object('session_id', s.id, 'refresh_token_id', $1::text)
-                     FROM s",
+                     INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+                     SELECT $1::uuid, 'refresh_token_reused',
+                            (SELECT s.user_id FROM auth.sessions s JOIN auth.refresh_tokens r
+                                 ON r.session_id = s.id WHERE r.id = $2::uuid),
+                            $3::inet,
+                            jsonb_build_object('refresh_token_id', $2::uuid,
+                                               'revoked_now', EXISTS (SELECT 1 FROM s))",
                     &args,
                 )
                 .expect("revoke reused session");
-            }
-            Action::ChallengeFailed {
-                challenge_id,
-                factor_id,
-                ip,
-            } => {
-                let args: [DatumWithOid; 3] = [challenge_id.into(), factor_id.into(), ip.into()];
-                Spi::run_with_args(
-                    "WITH c AS (
-                         UPDATE auth.mfa_challenges SET attempts = attempts + 1
-                         WHERE id = $1::uuid
-                         RETURNING attempts)
-                     INSERT INTO auth.audit_log (event, user_id, ip, detail)
-                     SELECT 'mfa_verify_failed', f.user_id, $3::inet,
-                            jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
-                                               'challenge_id', $1::uuid,
-                                               'attempts', (SELECT attempts FROM c))
-                     FROM auth.mfa_factors f WHERE f.id = $2::uuid",
-                    &args,
-                )
-                .expect("record failed challenge");
-            }
-            Action::TicketFailed {
-                ticket_id,
-                factor_id,
-                ip,
-            } => {
-                let args: [DatumWithOid; 3] = [ticket_id.into(), factor_id.into(), ip.into()];
-                Spi::run_with_args(
-                    "WITH t AS (
-                         UPDATE auth.mfa_tickets SET attempts = attempts + 1
-                         WHERE id = $1::uuid
-                         RETURNING id, user_id, attempts)
-                     INSERT INTO auth.audit_log (event, user_id, ip, detail)
-                     SELECT 'mfa_signin_failed', t.user_id, $3::inet,
-                            jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
-                                               'factor_id', $2::uuid)
-                     FROM t",
-                    &args,
-                )
-                .expect("record failed ticket");
             }
         }
     });
@@ -263,35 +364,77 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
 mod tests {
     use super::*;
 
+    const A: &str = "6f1c0a4e-0000-4000-8000-00000000000a";
+    const B: &str = "6f1c0a4e-0000-4000-8000-00000000000b";
+    const C: &str = "6f1c0a4e-0000-4000-8000-00000000000c";
+
     #[test]
     fn actions_round_trip_and_fit_the_worker_payload() {
         let long_ip = Some("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".to_string());
         for a in [
-            Action::CodeAttemptFailed {
-                code_id: Some("6f1c0a4e00004000800000000000000a".into()),
-                subject: "+123456789012345".into(),
+            Action::Attempt {
+                audit_id: A.into(),
+                target: Target::Code {
+                    code_id: B.into(),
+                    phone: "+123456789012345".into(),
+                },
+                failed: true,
                 ip: long_ip.clone(),
             },
-            Action::CodeAttemptFailed {
-                code_id: None,
-                subject: "+15550001111".into(),
+            Action::Attempt {
+                audit_id: A.into(),
+                target: Target::Challenge {
+                    challenge_id: Some(B.into()),
+                    factor_id: C.into(),
+                },
+                failed: false,
+                ip: long_ip.clone(),
+            },
+            Action::Attempt {
+                audit_id: A.into(),
+                target: Target::Challenge {
+                    challenge_id: None,
+                    factor_id: C.into(),
+                },
+                failed: true,
+                ip: None,
+            },
+            Action::Attempt {
+                audit_id: A.into(),
+                target: Target::Ticket {
+                    ticket_id: B.into(),
+                    factor_id: Some(C.into()),
+                },
+                failed: true,
+                ip: long_ip.clone(),
+            },
+            Action::Attempt {
+                audit_id: A.into(),
+                target: Target::Ticket {
+                    ticket_id: B.into(),
+                    factor_id: None,
+                },
+                failed: true,
                 ip: None,
             },
             Action::RefreshTokenReused {
-                token_id: "6f1c0a4e00004000800000000000000a".into(),
+                audit_id: A.into(),
+                token_id: B.into(),
                 ip: long_ip,
             },
         ] {
             let e = a.encode();
-            assert!(e.len() <= MAX_PAYLOAD, "{e}");
+            assert!(e.len() <= MAX_PAYLOAD, "{} bytes: {e}", e.len());
             assert_eq!(Action::decode(&e), Some(a));
         }
         assert_eq!(Action::decode("drop_table|x"), None);
-        // Dashes are dropped on the way in; PostgreSQL casts either form.
-        let a = Action::RefreshTokenReused {
-            token_id: "6f1c0a4e-0000-4000-8000-00000000000a".into(),
-            ip: None,
-        };
-        assert_eq!(a.encode(), "reuse|6f1c0a4e00004000800000000000000a|");
+        assert_eq!(Action::decode("r|notbase64!|x|"), None);
+    }
+
+    #[test]
+    fn uuids_pack_to_22_characters() {
+        assert_eq!(pack(A).len(), 22);
+        assert_eq!(unpack(&pack(A)).as_deref(), Some(A));
+        assert_eq!(unpack("short"), None);
     }
 }

@@ -11,7 +11,9 @@ use serde_json::Value;
 pub type Arg<'a> = DatumWithOid<'a>;
 
 fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
-    AuthError::internal(format!("Database access failed: {e}"))
+    // The detail is for the server log, not for the caller.
+    pgrx::warning!("pg_otp_auth: SPI call failed: {e}");
+    AuthError::internal("An internal database call failed.")
 }
 
 /// All rows of a query whose single column is jsonb.
@@ -25,6 +27,20 @@ pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
             }
         }
         Ok(out)
+    })
+}
+
+/// A read-only query (SPI read-only mode). Unlike [`rows`], it does not make pgrx assign a
+/// transaction id, so it can ask whether the caller's transaction has written anything.
+pub fn read_row(sql: &str, args: &[Arg]) -> Result<Option<Value>> {
+    Spi::connect(|client| {
+        let table = client.select(sql, None, args).map_err(spi_error)?;
+        for row in table {
+            if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     })
 }
 

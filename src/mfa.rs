@@ -1,7 +1,7 @@
 //! Multi-factor authentication: TOTP and phone factors, challenges, aal2 sessions, sign-in
 //! tickets and recovery codes.
 
-use crate::autonomous::{self, Action};
+use crate::autonomous::{self, Action, Target};
 use crate::outbox::{self, admit_send, lock_phone, Issued};
 use crate::request::{self, CurrentSession};
 use crate::{config, db, session};
@@ -224,6 +224,7 @@ fn enroll(
     #[derive(Deserialize)]
     struct Existing {
         count: i64,
+        any_verified: bool,
         totp_active: bool,
         name_taken: bool,
         account: String,
@@ -231,6 +232,8 @@ fn enroll(
     let e: Existing = db::row_as(
         "SELECT jsonb_build_object(
              'count', (SELECT count(*) FROM auth.mfa_factors WHERE user_id = u.id),
+             'any_verified', EXISTS (SELECT 1 FROM auth.mfa_factors WHERE user_id = u.id
+                                     AND status = 'verified'),
              'totp_active', EXISTS (SELECT 1 FROM auth.mfa_factors WHERE user_id = u.id
                                     AND factor_type = 'totp' AND status = 'verified'),
              'name_taken', EXISTS (SELECT 1 FROM auth.mfa_factors WHERE user_id = u.id
@@ -240,6 +243,14 @@ fn enroll(
         &[db::text(&me.user_id), db::opt_text(friendly_name)],
     )?
     .ok_or_else(AuthError::not_authenticated)?;
+    // Otherwise a stolen aal1 session could add its own factor and verify its way to aal2.
+    if e.any_verified && me.aal != "aal2" {
+        return Err(AuthError::new(
+            403,
+            "insufficient-aal",
+            "Adding a factor when one is verified needs an aal2 session.",
+        ));
+    }
     if e.count >= cfg.mfa_max_factors {
         return Err(AuthError::new(
             409,
@@ -334,7 +345,7 @@ fn start_challenge(
     if let Some(number) = factor.phone.as_deref() {
         // Phone challenges are sends like sign-in codes: same lock, cooldown and limits.
         lock_phone(number)?;
-        admit_send(cfg, number, ip, true)?;
+        admit_send(cfg, number, ip, channel, true)?;
         let c = match cfg.test_otp.get(number) {
             Some(fixed) => fixed.clone(),
             None => otp::generate_code(cfg.otp_length)?,
@@ -398,18 +409,30 @@ fn verify(
     let factor_id = required(factor_id, "factor_id")?.to_string();
     let challenge_id = required(challenge_id, "challenge_id")?.to_string();
     let code = required(code, "code")?;
+    autonomous::require_own_transaction()?;
     let me = request::current_session()?;
     let cfg = config::load()?;
     let factor = my_factor(&me, &factor_id)?;
     let ip = request::client_ip()?;
-    verify_challenge(&cfg, &me, &factor, &challenge_id, code, ip.as_deref())
+    verify_challenge(
+        &cfg,
+        &me,
+        &factor,
+        &challenge_id,
+        false,
+        code,
+        ip.as_deref(),
+    )
 }
 
+/// `made_in_this_call`: the challenge was created by this same call (mfa_challenge_and_verify),
+/// so the attempt worker cannot see it and only the factor-level record binds.
 fn verify_challenge(
     cfg: &Config,
     me: &CurrentSession,
     factor: &Factor,
     challenge_id: &str,
+    made_in_this_call: bool,
     code: &str,
     ip: Option<&str>,
 ) -> Result<Value> {
@@ -429,7 +452,7 @@ fn verify_challenge(
     let c: ChallengeRow = db::row_as(
         "SELECT jsonb_build_object('id', id, 'session_id', session_id,
                                    'code_hash', encode(code_hash, 'hex'), 'attempts', attempts,
-                                   'live', verified_at IS NULL AND expires_at > now())
+                                   'live', verified_at IS NULL AND expires_at > clock_timestamp())
          FROM auth.mfa_challenges WHERE id = $1::uuid AND factor_id = $2::uuid",
         &[db::text(challenge_id), db::text(&factor.id)],
     )?
@@ -442,6 +465,9 @@ fn verify_challenge(
             AuthError::invalid_otp()
         }
     };
+    if !usable {
+        return Err(wrong());
+    }
     let step = if is_totp {
         factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?
     } else {
@@ -449,12 +475,16 @@ fn verify_challenge(
         let stored = c.code_hash.as_deref().map(from_hex).unwrap_or_default();
         otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
     };
-    let Some(step) = step.filter(|_| usable) else {
-        autonomous::perform(&Action::ChallengeFailed {
-            challenge_id: c.id,
+    autonomous::record(&Action::Attempt {
+        audit_id: autonomous::new_audit_id()?,
+        target: Target::Challenge {
+            challenge_id: (!made_in_this_call).then(|| c.id.clone()),
             factor_id: factor.id.clone(),
-            ip: ip.map(str::to_string),
-        });
+        },
+        failed: step.is_none(),
+        ip: ip.map(str::to_string),
+    })?;
+    let Some(step) = step else {
         return Err(wrong());
     };
     let consumed = db::row(
@@ -489,6 +519,7 @@ fn verify_challenge(
 fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<Value> {
     let factor_id = required(factor_id, "factor_id")?.to_string();
     let code = required(code, "code")?;
+    autonomous::require_own_transaction()?;
     let me = request::current_session()?;
     let cfg = config::load()?;
     let factor = my_factor(&me, &factor_id)?;
@@ -500,7 +531,7 @@ fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<V
     let ip = request::client_ip()?;
     let issued = start_challenge(&cfg, &me, &factor, "sms", ip.as_deref())?;
     let id = issued.id.as_str().unwrap_or_default().to_string();
-    verify_challenge(&cfg, &me, &factor, &id, code, ip.as_deref())
+    verify_challenge(&cfg, &me, &factor, &id, true, code, ip.as_deref())
 }
 
 fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
@@ -603,7 +634,7 @@ fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
     let t: Ticket = db::row_as(
         "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
                                    'attempts', t.attempts, 'disabled', u.disabled,
-                                   'live', t.consumed_at IS NULL AND t.expires_at > now())
+                                   'live', t.consumed_at IS NULL AND t.expires_at > clock_timestamp())
          FROM auth.mfa_tickets t JOIN auth.users u ON u.id = t.user_id WHERE t.ticket_hash = $1",
         &[hash.into()],
     )?
@@ -642,20 +673,25 @@ fn finish_ticket(cfg: &Config, t: &Ticket, method: &str, ip: Option<&str>) -> Re
 fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ticket = required(ticket, "ticket")?;
     let code = required(code, "otp")?;
+    autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     let t = load_ticket(&cfg, ticket)?;
     let factor = verified_totp_factor(&t.user_id)?.ok_or_else(invalid_ticket)?;
     digits_only(code, factor.digits as usize)?;
     lock("factor", &factor.id)?;
-    let ip = request::client_ip()?;
     check_factor_failures(&cfg, &t.user_id, &factor.id)?;
+    let ip = request::client_ip()?;
     let step = factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?;
-    let Some(step) = step else {
-        autonomous::perform(&Action::TicketFailed {
-            ticket_id: t.id,
+    autonomous::record(&Action::Attempt {
+        audit_id: autonomous::new_audit_id()?,
+        target: Target::Ticket {
+            ticket_id: t.id.clone(),
             factor_id: Some(factor.id.clone()),
-            ip,
-        });
+        },
+        failed: step.is_none(),
+        ip: ip.clone(),
+    })?;
+    let Some(step) = step else {
         return Err(invalid_totp());
     };
     if !consume_totp_step(&factor.id, step)? {
@@ -667,6 +703,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
 fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ticket = required(ticket, "ticket")?;
     let code = normalize_recovery_code(required(code, "code")?)?;
+    autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     let t = load_ticket(&cfg, ticket)?;
     let ip = request::client_ip()?;
@@ -685,6 +722,15 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
             matched = row["id"].as_str().map(str::to_string);
         }
     }
+    autonomous::record(&Action::Attempt {
+        audit_id: autonomous::new_audit_id()?,
+        target: Target::Ticket {
+            ticket_id: t.id.clone(),
+            factor_id: None,
+        },
+        failed: matched.is_none(),
+        ip: ip.clone(),
+    })?;
     let spent = match matched {
         Some(id) => db::row(
             "UPDATE auth.mfa_recovery_codes SET used_at = now()
@@ -695,11 +741,6 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
         None => false,
     };
     if !spent {
-        autonomous::perform(&Action::TicketFailed {
-            ticket_id: t.id,
-            factor_id: None,
-            ip,
-        });
         return Err(AuthError::new(
             401,
             "invalid-recovery-code",

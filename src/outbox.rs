@@ -20,7 +20,13 @@ struct Usage {
 ///
 /// Sends for one phone are serialised by an advisory lock so that concurrent requests cannot
 /// all slip under the limit; per-IP and global limits are approximate under concurrency.
-pub fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool) -> Result<()> {
+pub fn admit_send(
+    cfg: &Config,
+    phone: &str,
+    ip: Option<&str>,
+    channel: &str,
+    will_queue: bool,
+) -> Result<()> {
     let u: Usage = db::row_as(
         "SELECT jsonb_build_object(
             'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
@@ -92,8 +98,13 @@ pub fn admit_send(cfg: &Config, phone: &str, ip: Option<&str>, will_queue: bool)
         ));
     }
     db::run(
-        "INSERT INTO auth.send_events (phone, ip, queued) VALUES ($1, $2::inet, $3)",
-        &[db::text(phone), db::opt_text(ip), will_queue.into()],
+        "INSERT INTO auth.send_events (phone, ip, channel, queued) VALUES ($1, $2::inet, $3, $4)",
+        &[
+            db::text(phone),
+            db::opt_text(ip),
+            db::text(channel),
+            will_queue.into(),
+        ],
     )
 }
 

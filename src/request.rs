@@ -42,7 +42,8 @@ pub struct CurrentSession {
 
 /// The caller's session: the `sub` and `session_id` claims must name a live session of that
 /// user. Checking the session row, not just the claims, means that a SQL client who can set
-/// `request.jwt.claims` still needs an unguessable, unrevoked session id to act as a user.
+/// `request.jwt.claims` still needs an unguessable, unrevoked session id to act as a user, and
+/// an expired token's claims are refused.
 pub fn current_session() -> Result<CurrentSession> {
     db::row_as::<CurrentSession>(
         "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal, 'amr', s.amr)
@@ -50,7 +51,9 @@ pub fn current_session() -> Result<CurrentSession> {
          WHERE s.id = CASE WHEN (auth.jwt() ->> 'session_id') ~* '^[0-9a-f-]{36}$'
                            THEN (auth.jwt() ->> 'session_id')::uuid END
            AND s.user_id::text = auth.jwt() ->> 'sub'
-           AND s.revoked_at IS NULL AND NOT u.disabled",
+           AND s.revoked_at IS NULL AND NOT u.disabled
+           AND (auth.jwt() ->> 'exp') ~ '^[0-9]{1,12}$'
+           AND (auth.jwt() ->> 'exp')::bigint > extract(epoch FROM clock_timestamp())",
         &[],
     )?
     .ok_or_else(AuthError::not_authenticated)

@@ -129,6 +129,7 @@ struct PresentedToken {
     session_id: String,
     expired: bool,
     rotated_age: Option<f64>,
+    children: i64,
     session_revoked: bool,
     disabled: bool,
 }
@@ -138,11 +139,16 @@ fn refresh(token: Option<&str>) -> Result<Value> {
     if !refresh_token_well_formed(token) {
         return Err(AuthError::invalid_refresh_token());
     }
+    autonomous::require_own_transaction()?;
     let cfg = config::load()?;
+    // clock_timestamp(), not now(): a transaction held open from before the rotation must not
+    // make a stale token look freshly rotated.
     let t: PresentedToken = db::row_as(
         "SELECT jsonb_build_object(
-                    'id', r.id, 'session_id', r.session_id, 'expired', r.expires_at <= now(),
-                    'rotated_age', extract(epoch FROM now() - r.rotated_at),
+                    'id', r.id, 'session_id', r.session_id,
+                    'expired', r.expires_at <= clock_timestamp(),
+                    'rotated_age', extract(epoch FROM clock_timestamp() - r.rotated_at),
+                    'children', (SELECT count(*) FROM auth.refresh_tokens c WHERE c.parent_id = r.id),
                     'session_revoked', s.revoked_at IS NOT NULL, 'disabled', u.disabled)
          FROM auth.refresh_tokens r
          JOIN auth.sessions s ON s.id = r.session_id
@@ -162,20 +168,21 @@ fn refresh(token: Option<&str>) -> Result<Value> {
         ));
     }
     if let Some(age) = t.rotated_age {
-        if age > cfg.refresh_reuse_grace as f64 {
-            // A token rotated a while ago is being replayed: someone else holds a copy.
-            autonomous::perform(&Action::RefreshTokenReused {
-                token_id: t.id.clone(),
-                ip: request::client_ip()?,
-            });
-            return Err(AuthError::new(
-                401,
-                "refresh-token-reused",
-                "This refresh token was already used; the session has been revoked.",
-            ));
+        // Inside the grace period (two tabs refreshing at once) one sibling token is issued;
+        // any further replay, or one after the grace period, means someone else holds a copy.
+        if age <= cfg.refresh_reuse_grace as f64 && t.children < 2 {
+            return issue(&cfg, &t.session_id, Some(&t.id));
         }
-        // Inside the grace period (two tabs refreshing at once): issue a sibling token.
-        return issue(&cfg, &t.session_id, Some(&t.id));
+        autonomous::record(&Action::RefreshTokenReused {
+            audit_id: autonomous::new_audit_id()?,
+            token_id: t.id.clone(),
+            ip: request::client_ip()?,
+        })?;
+        return Err(AuthError::new(
+            401,
+            "refresh-token-reused",
+            "This refresh token was already used; the session has been revoked.",
+        ));
     }
     // Losing a race here means a concurrent call rotated it just now, which is within grace.
     db::run(

@@ -1,6 +1,6 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
-use crate::autonomous::{self, Action};
+use crate::autonomous::{self, Action, Target};
 use crate::outbox::{self, admit_send, lock_phone, Issued};
 use crate::{config, db, request, session};
 use pg_otp_auth_core::config::Config;
@@ -170,7 +170,7 @@ fn send_sms_otp(
     let existing = find_user(&phone)?;
     let creating = existing.is_none() && create && !cfg.disable_signup;
     let queues = creating || existing.as_ref().is_some_and(|u| !u.disabled);
-    admit_send(&cfg, &phone, ip.as_deref(), queues)?;
+    admit_send(&cfg, &phone, ip.as_deref(), channel, queues)?;
     let user = if creating {
         let profile = Profile {
             metadata: data,
@@ -185,7 +185,7 @@ fn send_sms_otp(
 
 fn last_channel(phone: &str) -> Result<&'static str> {
     let c = db::row(
-        "SELECT to_jsonb(channel) FROM auth.sms_outbox WHERE phone = $1 ORDER BY created_at DESC LIMIT 1",
+        "SELECT to_jsonb(channel) FROM auth.send_events WHERE phone = $1 ORDER BY created_at DESC LIMIT 1",
         &[db::text(phone)],
     )?;
     channel(c.as_ref().and_then(Value::as_str).unwrap_or("sms"))
@@ -198,8 +198,10 @@ fn resend_sms_otp(phone: Option<&str>) -> Result<Value> {
     lock_phone(&phone)?;
     let user = find_user(&phone)?;
     let target = user.as_ref().filter(|u| !u.disabled);
-    admit_send(&cfg, &phone, ip.as_deref(), target.is_some())?;
+    // The channel of the last request for this phone, registered or not, so the answer does not
+    // depend on whether anything was ever queued for it.
     let channel = last_channel(&phone)?;
+    admit_send(&cfg, &phone, ip.as_deref(), channel, target.is_some())?;
     deliver(&cfg, &phone, target, channel, None)
 }
 
@@ -219,10 +221,10 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     lock_phone(&phone)?;
     if find_user(&phone)?.is_some() {
         // Same answer as a new sign-up, and nothing is sent or changed.
-        admit_send(&cfg, &phone, ip.as_deref(), false)?;
+        admit_send(&cfg, &phone, ip.as_deref(), "sms", false)?;
         return Ok(json!("OK"));
     }
-    admit_send(&cfg, &phone, ip.as_deref(), true)?;
+    admit_send(&cfg, &phone, ip.as_deref(), "sms", true)?;
     let user = insert_user(&phone, &profile, ip.as_deref())?;
     deliver(&cfg, &phone, Some(&user), "sms", None)?;
     Ok(json!("OK"))
@@ -245,15 +247,15 @@ fn from_hex(s: &str) -> Vec<u8> {
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let phone = phone::normalize(required(phone, "phone")?)?;
     let code = required(code, "otp")?;
+    autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     otp::check_format(code, cfg.otp_length)?;
     let ip = request::client_ip()?;
-    // Serialise guesses at one phone: each wrong guess is committed (by the worker) before the
-    // next is judged, so a burst of concurrent guesses cannot exceed otp_max_attempts.
+    // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
     let live: Option<LiveCode> = db::row_as(
         "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
-                                   'attempts', attempts, 'live', expires_at > now())
+                                   'attempts', attempts, 'live', expires_at > clock_timestamp())
          FROM auth.otp_codes
          WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL
          ORDER BY created_at DESC LIMIT 1",
@@ -263,25 +265,29 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     // Hash even when there is nothing to compare with, so both paths cost the same.
     let stored = live.as_ref().map(|c| from_hex(&c.hash)).unwrap_or_default();
     let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
-    let usable = live
-        .as_ref()
-        .is_some_and(|c| c.live && c.attempts < cfg.otp_max_attempts);
-    if !(matches && usable) {
-        autonomous::perform(&Action::CodeAttemptFailed {
-            code_id: live.map(|c| c.id),
-            subject: phone,
-            ip,
-        });
+    let Some(live) = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts) else {
+        return Err(AuthError::invalid_otp());
+    };
+    autonomous::record(&Action::Attempt {
+        audit_id: autonomous::new_audit_id()?,
+        target: Target::Code {
+            code_id: live.id.clone(),
+            phone: phone.clone(),
+        },
+        failed: !matches,
+        ip: ip.clone(),
+    })?;
+    if !matches {
         return Err(AuthError::invalid_otp());
     }
-    let code_id = live.map(|c| c.id).unwrap_or_default();
-    // Single use: of concurrent calls with the right code, exactly one updates the row.
+    // Single use: of concurrent calls with the right code, exactly one updates the row. This
+    // attempt is already counted, hence <=.
     let user_id = db::row(
         "UPDATE auth.otp_codes SET consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
-           AND expires_at > now() AND attempts < $2
+           AND expires_at > clock_timestamp() AND attempts <= $2
          RETURNING to_jsonb(user_id)",
-        &[db::text(&code_id), cfg.otp_max_attempts.into()],
+        &[db::text(&live.id), cfg.otp_max_attempts.into()],
     )?
     .and_then(|v| v.as_str().map(str::to_string))
     .ok_or_else(AuthError::invalid_otp)?;

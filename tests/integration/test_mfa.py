@@ -153,6 +153,29 @@ def test_default_limit_is_ten_factors(db):
         u.call("mfa_enroll", factor_type="phone", phone="+15552020499")
 
 
+def test_adding_a_factor_next_to_a_verified_one_needs_aal2(db):
+    """Otherwise a stolen aal1 session could enroll its own factor and verify its way to aal2."""
+    u = User(db)
+    u.activate_totp()
+    db.setting("mfa_signin_requires_totp", False)
+    thief = User(db)  # an aal1 session of the same user
+    with raises_auth(403, "insufficient-aal"):
+        thief.call("mfa_enroll", factor_type="phone", phone="+15552020777")
+    u.call("mfa_enroll", factor_type="phone", phone="+15552020777")
+
+
+def test_mfa_verification_is_refused_inside_a_transaction_that_wrote(db):
+    u = User(db)
+    f = u.enroll_totp()
+    conn = db.connect()
+    with raises_auth(400, "invalid-request"):
+        with conn.transaction():
+            conn.execute("SELECT auth.send_sms_otp('+15552020778')")
+            db.rpc("mfa_challenge_and_verify", role="authenticated", claims=u.claims, conn=conn,
+                   factor_id=f["id"], code="000000")
+    conn.close()
+
+
 def test_only_one_active_totp(db):
     u = User(db)
     u.activate_totp()

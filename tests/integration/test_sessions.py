@@ -45,6 +45,25 @@ def test_reuse_after_grace_revokes_the_whole_session(db):
     db.rpc("refresh_session", refresh_token=other["refresh_token"])
 
 
+def test_grace_allows_one_sibling_only(db):
+    s1 = db.sign_in(PHONE)
+    db.rpc("refresh_session", refresh_token=s1["refresh_token"])
+    db.rpc("refresh_session", refresh_token=s1["refresh_token"])
+    with raises_auth(401, "refresh-token-reused"):
+        db.rpc("refresh_session", refresh_token=s1["refresh_token"])
+    assert db.one("SELECT revoked_reason FROM auth.sessions") == "refresh_token_reused"
+
+
+def test_refresh_is_refused_inside_a_transaction_that_wrote(db):
+    s1 = db.sign_in(PHONE)
+    conn = db.connect()
+    with raises_auth(400, "invalid-request"):
+        with conn.transaction():
+            conn.execute("SELECT auth.send_sms_otp('+15559990000')")
+            conn.execute("SELECT auth.refresh_session(%s)", (s1["refresh_token"],))
+    conn.close()
+
+
 def test_grace_setting(db):
     db.setting("refresh_reuse_grace", 0)
     s1 = db.sign_in(PHONE)
@@ -117,6 +136,16 @@ def test_sign_out_needs_a_live_session(db):
         db.rpc("sign_out", role="authenticated", claims=ca)
     with raises_auth(400, "invalid-request"):
         db.rpc("sign_out", role="authenticated", claims=ca, scope="everything")
+
+
+def test_expired_claims_are_not_a_session(db):
+    a = db.sign_in(PHONE)
+    claims = dict(db.claims_of(a), exp=1)
+    with raises_auth(401, "not-authenticated"):
+        db.rpc("sign_out", role="authenticated", claims=claims)
+    no_exp = {k: v for k, v in db.claims_of(a).items() if k != "exp"}
+    with raises_auth(401, "not-authenticated"):
+        db.rpc("sign_out", role="authenticated", claims=no_exp)
 
 
 def test_claim_helpers_for_rls(db):

@@ -102,10 +102,11 @@ def test_max_attempts_kill_the_code_and_survive_the_error(db):
     with raises_auth(401, "invalid-otp"):
         db.rpc("verify_sms_otp", phone=PHONE, otp=code)
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
-    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 6
+    # Five wrong guesses were judged and audited; the sixth call met a dead code and judged nothing.
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 5
 
 
-def test_concurrent_wrong_guesses_are_all_counted_and_exhaust_the_code(db):
+def test_concurrent_guesses_cannot_exceed_the_attempt_limit(db):
     db.setting("otp_max_attempts", 3)
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
@@ -130,7 +131,9 @@ def test_concurrent_wrong_guesses_are_all_counted_and_exhaust_the_code(db):
     for c in conns:
         c.close()
     assert errors == ["invalid-otp"] * n
-    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == n
+    # Guesses are serialised per phone and each is recorded before the next is judged.
+    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 3
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed'") == 3
     with raises_auth(401, "invalid-otp"):
         db.rpc("verify_sms_otp", phone=PHONE, otp=code)
 
@@ -236,6 +239,14 @@ def test_resend(db):
     assert (after["users"], after["sms_outbox"]) == (before["users"], before["sms_outbox"])
 
 
+def test_resend_channel_does_not_reveal_registration(db):
+    """The resend channel follows the phone's last request, whether or not anything was sent."""
+    unknown = "+15550404041"
+    db.rpc("send_sms_otp", phone=unknown, create_user=False, channel="whatsapp")
+    assert db.rpc("resend_sms_otp", phone=unknown)["channel"] == "whatsapp"
+    assert db.outbox(unknown) == []
+
+
 def test_whatsapp_channel_and_captcha_token_reach_the_outbox(db):
     db.rpc("send_sms_otp", phone=PHONE, channel="whatsapp", captcha_token="tok-123")
     [(_, _, channel, status, captcha)] = db.outbox(PHONE)
@@ -329,3 +340,35 @@ def test_rotated_jwt_secret_signs_new_tokens(db):
     assert pyjwt.decode(s["access_token"], "x" * 40, algorithms=["HS256"], audience="authenticated")["sub"]
     with pytest.raises(pyjwt.InvalidSignatureError):
         pyjwt.decode(s["access_token"], "y" * 40, algorithms=["HS256"], audience="authenticated")
+
+
+def test_codes_are_only_judged_in_a_fresh_read_committed_transaction(db):
+    """Inside a transaction that already wrote (e.g. sent the code), the attempt worker could not
+    see the code, so guesses would go uncounted; in REPEATABLE READ the caller could not see the
+    counts. Both are refused before any guess is judged."""
+    conn = db.connect()
+    with raises_auth(400, "invalid-request"):
+        with conn.transaction():
+            conn.execute("SELECT auth.send_sms_otp(%s)", (PHONE,))
+            conn.execute("SELECT auth.verify_sms_otp(%s, '000000')", (PHONE,))
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    with raises_auth(400, "invalid-request"):
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT auth.verify_sms_otp(%s, %s)", (PHONE, code))
+    conn.close()
+    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s AND consumed_at IS NULL", PHONE) == 0
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp=code)["session"]
+
+
+def test_expiry_uses_the_clock_not_the_transaction_start(db):
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    conn = db.connect()
+    with raises_auth(401, "invalid-otp"):
+        with conn.transaction():
+            conn.execute("SELECT now()")  # the transaction starts before the code expires
+            db.q("UPDATE auth.otp_codes SET expires_at = clock_timestamp() WHERE subject = %s", PHONE)
+            conn.execute("SELECT auth.verify_sms_otp(%s, %s)", (PHONE, code))
+    conn.close()
