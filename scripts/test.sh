@@ -13,8 +13,8 @@ log "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-log "unit tests (pure logic)"
-cargo test -p pg_otp_auth_core
+log "unit tests (pure logic and the dispatcher)"
+cargo test -p pg_otp_auth_core -p pg-otp-dispatcher
 
 log "#[pg_test]s (cargo pgrx test)"
 PGRX_TEST_DIR="$(mktemp -d /tmp/pg_otp_auth-pgtest-XXXXXX)"
@@ -22,7 +22,11 @@ chown postgres:postgres "$PGRX_TEST_DIR"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DIR/data"
 rm -rf "$PGRX_TEST_DIR"
 
-log "integration tests (pytest, real PostgreSQL)"
+log "dispatcher build"
+cargo build -p pg-otp-dispatcher
+export DISPATCHER_BIN="$ROOT/target/debug/pg-otp-dispatcher"
+
+log "integration tests (pytest, real PostgreSQL, fake providers on 127.0.0.1)"
 if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/requirements.txt .venv/requirements.txt; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt

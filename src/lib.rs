@@ -107,7 +107,9 @@ mod tests {
         assert_eq!(plain, Some(0));
         // Judging the code in the transaction that sent it is refused: the attempt worker
         // could not see the uncommitted code, so guesses would go uncounted.
-        let refused = json(&format!("SELECT auth._verify_sms_otp('+447911123456', '{code}')"));
+        let refused = json(&format!(
+            "SELECT auth._verify_sms_otp('+447911123456', '{code}')"
+        ));
         assert_eq!(refused["error"]["code"], "invalid-request");
     }
 

@@ -30,9 +30,13 @@ fn main() -> ExitCode {
     match args.log_format {
         config::LogFormat::Json => tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init(),
-        config::LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
