@@ -46,3 +46,6 @@ fi
 
 log "building and installing the extension"
 (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
+
+log "building the dispatcher (target/debug/pg-otp-dispatcher)"
+(cd "$ROOT" && cargo build -q -p pg-otp-dispatcher)

@@ -22,8 +22,6 @@ chown postgres:postgres "$PGRX_TEST_DIR"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DIR/data"
 rm -rf "$PGRX_TEST_DIR"
 
-log "dispatcher build"
-cargo build -p pg-otp-dispatcher
 export DISPATCHER_BIN="$ROOT/target/debug/pg-otp-dispatcher"
 
 log "integration tests (pytest, real PostgreSQL, fake providers on 127.0.0.1)"
