@@ -79,6 +79,13 @@ pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {
     })
 }
 
+/// Bytes from `encode(bytea, 'hex')`, which is how queries hand back hashes inside jsonb.
+pub fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 pub fn jsonb(v: Value) -> Arg<'static> {
     JsonB(v).into()
 }

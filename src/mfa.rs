@@ -86,7 +86,7 @@ impl Factor {
     }
 
     fn secret(&self) -> Vec<u8> {
-        self.secret.as_deref().map(from_hex).unwrap_or_default()
+        self.secret.as_deref().map(db::from_hex).unwrap_or_default()
     }
 
     /// The step `code` matches if it is newer than the last accepted one (replay protection).
@@ -100,12 +100,6 @@ const FACTOR_JSON: &str = "jsonb_build_object(
     'id', f.id, 'factor_type', f.factor_type, 'status', f.status,
     'secret', encode(f.secret, 'hex'), 'algorithm', f.algorithm, 'digits', f.digits,
     'period', f.period, 'last_used_step', f.last_used_step, 'phone', f.phone)";
-
-fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
 
 fn my_factor(me: &CurrentSession, factor_id: &str) -> Result<Factor> {
     db::row_as(
@@ -472,7 +466,7 @@ fn verify_challenge(
         factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?
     } else {
         let pepper = config::secret("otp_pepper")?;
-        let stored = c.code_hash.as_deref().map(from_hex).unwrap_or_default();
+        let stored = c.code_hash.as_deref().map(db::from_hex).unwrap_or_default();
         otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
     };
     autonomous::record(&Action::Attempt {
@@ -717,7 +711,7 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     // Compare against every unused code, in constant time each, whichever matches.
     let mut matched = None;
     for row in &unused {
-        let stored = from_hex(row["hash"].as_str().unwrap_or_default());
+        let stored = db::from_hex(row["hash"].as_str().unwrap_or_default());
         if stored.len() == presented.len() && bool::from(stored.ct_eq(&presented)) {
             matched = row["id"].as_str().map(str::to_string);
         }

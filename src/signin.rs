@@ -238,12 +238,6 @@ struct LiveCode {
     live: bool,
 }
 
-fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let phone = phone::normalize(required(phone, "phone")?)?;
     let code = required(code, "otp")?;
@@ -263,7 +257,10 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     )?;
     let pepper = config::secret("otp_pepper")?;
     // Hash even when there is nothing to compare with, so both paths cost the same.
-    let stored = live.as_ref().map(|c| from_hex(&c.hash)).unwrap_or_default();
+    let stored = live
+        .as_ref()
+        .map(|c| db::from_hex(&c.hash))
+        .unwrap_or_default();
     let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
     let Some(live) = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts) else {
         return Err(AuthError::invalid_otp());

@@ -124,6 +124,32 @@ def db(template):
         c.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+def run_concurrently(db, n, call):
+    """Runs `call(conn)` from n connections released at the same instant; returns, per call,
+    ("ok", result) or ("err", DETAIL code)."""
+    import threading
+
+    conns = [db.connect() for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results = []
+
+    def one(conn):
+        barrier.wait()
+        try:
+            results.append(("ok", call(conn)))
+        except psycopg.Error as e:
+            results.append(("err", e.diag.message_detail))
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    return results
+
+
 @contextmanager
 def raises_auth(status, code):
     """Expect an API error: SQLSTATE PT<status>, DETAIL <code>."""

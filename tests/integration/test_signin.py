@@ -1,13 +1,11 @@
 """Phone sign-in: send a code, verify it, get a session."""
 
 import re
-import threading
 from datetime import datetime, timedelta, timezone
 
-import psycopg
 import pytest
 
-from conftest import raises_auth
+from conftest import raises_auth, run_concurrently
 
 PHONE = "+15550101010"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -65,28 +63,9 @@ def test_a_code_works_once(db):
 def test_concurrent_verification_has_exactly_one_winner(db):
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
-    n = 8
-    conns = [db.connect() for _ in range(n)]
-    barrier = threading.Barrier(n)
-    results = []
-
-    def attempt(conn):
-        barrier.wait()
-        try:
-            results.append(("ok", db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=code)))
-        except psycopg.Error as e:
-            results.append(("err", (e.diag.sqlstate, e.diag.message_detail)))
-
-    threads = [threading.Thread(target=attempt, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for c in conns:
-        c.close()
-    wins = [r for r in results if r[0] == "ok"]
-    assert len(wins) == 1, results
-    assert all(r[1] == ("PT401", "invalid-otp") for r in results if r[0] == "err")
+    results = run_concurrently(db, 8, lambda conn: db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=code))
+    assert [r[0] for r in results].count("ok") == 1, results
+    assert all(r[1] == "invalid-otp" for r in results if r[0] == "err")
     assert db.one("SELECT count(*) FROM auth.sessions") == 1
 
 
@@ -111,26 +90,8 @@ def test_concurrent_guesses_cannot_exceed_the_attempt_limit(db):
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
     wrong = "000000" if code != "000000" else "111111"
-    n = 10
-    conns = [db.connect() for _ in range(n)]
-    barrier = threading.Barrier(n)
-    errors = []
-
-    def guess(conn):
-        barrier.wait()
-        try:
-            db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=wrong)
-        except psycopg.Error as e:
-            errors.append(e.diag.message_detail)
-
-    threads = [threading.Thread(target=guess, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for c in conns:
-        c.close()
-    assert errors == ["invalid-otp"] * n
+    results = run_concurrently(db, 10, lambda conn: db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=wrong))
+    assert results == [("err", "invalid-otp")] * 10
     # Guesses are serialised per phone and each is recorded before the next is judged.
     assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 3
     assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed'") == 3
