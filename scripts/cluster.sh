@@ -17,7 +17,7 @@ cluster_start() {
     export PGDATA="$CLUSTER_DIR/data" PGHOST="$CLUSTER_DIR" PGPORT="$(free_port)" PGUSER=postgres
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PGDATA" -U postgres -A trust --no-sync >/dev/null
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$CLUSTER_DIR/server.log" -w \
-        -o "-p $PGPORT -k $CLUSTER_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_worker_processes=32" \
+        -o "-p $PGPORT -k $CLUSTER_DIR -c listen_addresses=127.0.0.1 -c fsync=off" \
         start >/dev/null
     trap cluster_stop EXIT
 }

@@ -172,6 +172,8 @@ RETURNS TABLE (id uuid, phone text, channel text, body text, captcha_token text,
                expires_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    max_attempts integer := (SELECT s.value FROM auth.settings() s WHERE s.name = 'sms_max_attempts')::integer;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'batch_size must be between 1 and 10000.',
@@ -181,11 +183,21 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'lease must be between 1 second and 1 hour.',
             DETAIL = 'invalid-request';
     END IF;
-    -- A code that expired before delivery is never sent; its body (the plain code) goes.
+    -- A code that expired before delivery is never sent; its body (the plain code) goes. A
+    -- message whose last allowed attempt never reported back (its dispatcher died, perhaps on
+    -- this very message) is dead rather than retried forever. SKIP LOCKED: dispatchers never
+    -- wait on each other's sweeps.
+    WITH stale AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status IN ('queued', 'sending') AND (o.lease_until IS NULL OR o.lease_until < now())
+          AND (o.expires_at <= now() OR (o.status = 'sending' AND o.attempts >= max_attempts))
+        FOR UPDATE SKIP LOCKED)
     UPDATE auth.sms_outbox o
-    SET status = 'expired', body = NULL, lease_until = NULL, updated_at = now()
-    WHERE o.status IN ('queued', 'sending') AND o.expires_at <= now()
-      AND (o.lease_until IS NULL OR o.lease_until < now());
+    SET status = CASE WHEN o.expires_at <= now() THEN 'expired' ELSE 'dead' END,
+        last_error = CASE WHEN o.expires_at <= now() THEN o.last_error
+                          ELSE 'no result reported for the last attempt before its lease ran out' END,
+        body = NULL, lease_until = NULL, updated_at = now()
+    FROM stale WHERE o.id = stale.id;
     RETURN QUERY
     WITH due AS (
         SELECT o.id FROM auth.sms_outbox o

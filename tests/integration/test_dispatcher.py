@@ -306,6 +306,22 @@ def test_dead_letter_after_max_attempts(ddb):
     assert stats["counts"]["dead"] == 1 and stats["recent_failures"][0]["id"] == mid
 
 
+def test_a_message_whose_last_attempt_never_reported_is_dead_letters(ddb):
+    """A dispatcher that dies on its last allowed attempt must not leave the message to be
+    claimed forever."""
+    ddb.setting("sms_max_attempts", 1)
+    [mid] = queue(ddb)
+    ddb.q("SET role otp_dispatcher")
+    assert [str(r[0]) for r in ddb.q("SELECT id FROM auth.sms_claim(10, '1 second')")] == [mid]
+    ddb.q("RESET role")
+    ddb.q("UPDATE auth.sms_outbox SET lease_until = now() - interval '1 second'")
+    ddb.q("SET role otp_dispatcher")
+    assert ddb.q("SELECT id FROM auth.sms_claim(10)") == []
+    ddb.q("RESET role")
+    assert statuses(ddb)[mid][:3] == ("dead", 1, True)
+    assert "lease ran out" in ddb.one("SELECT last_error FROM auth.sms_outbox")
+
+
 def test_expired_messages_are_never_sent(ddb):
     fake = Fake(lambda r: (200, {}, 0))
     ids = queue(ddb, 2)
