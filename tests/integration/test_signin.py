@@ -333,3 +333,23 @@ def test_expiry_uses_the_clock_not_the_transaction_start(db):
             db.q("UPDATE auth.otp_codes SET expires_at = clock_timestamp() WHERE subject = %s", PHONE)
             conn.execute("SELECT auth.verify_sms_otp(%s, %s)", (PHONE, code))
     conn.close()
+
+
+def test_an_attempt_that_cannot_be_recorded_fails_closed(db):
+    """If the attempt worker cannot commit (here: the audit table is locked past its 5 s lock
+    timeout), neither a wrong nor the right code gets a verdict: both answer PT503, so an
+    unrecorded guess teaches nothing. Once the worker can record again, the code works."""
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    wrong = "000000" if code != "000000" else "111111"
+    blocker = db.connect()
+    with blocker.transaction():
+        blocker.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
+        for guess in (wrong, code):
+            with raises_auth(503, "temporarily-unavailable") as exc:
+                db.rpc("verify_sms_otp", phone=PHONE, otp=guess)
+            assert exc.value.diag.message_hint.startswith("retry after")
+    blocker.close()
+    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 0
+    assert db.one("SELECT count(*) FROM auth.sessions") == 0
+    assert db.rpc("verify_sms_otp", phone=PHONE, otp=code)["session"]
