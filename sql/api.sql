@@ -169,7 +169,7 @@ $$;
 -- skipped, and a lease that runs out (the dispatcher died) makes its messages due again.
 CREATE FUNCTION auth.sms_claim(batch_size integer DEFAULT 100, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (id uuid, phone text, channel text, body text, captcha_token text, attempts integer,
-               expires_at timestamptz)
+               expires_at timestamptz, captcha_verified boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -196,13 +196,14 @@ BEGIN
     SET status = CASE WHEN o.expires_at <= now() THEN 'expired' ELSE 'dead' END,
         last_error = CASE WHEN o.expires_at <= now() THEN o.last_error
                           ELSE 'no result reported for the last attempt before its lease ran out' END,
-        body = NULL, lease_until = NULL, updated_at = now()
+        body = NULL, captcha_token = NULL, lease_until = NULL, updated_at = now()
     FROM stale WHERE o.id = stale.id;
     RETURN QUERY
     WITH due AS (
         SELECT o.id FROM auth.sms_outbox o
         WHERE o.status IN ('queued', 'sending') AND o.next_attempt_at <= now()
           AND o.expires_at > now() AND (o.lease_until IS NULL OR o.lease_until < now())
+          AND o.body IS NOT NULL
         ORDER BY o.next_attempt_at
         LIMIT sms_claim.batch_size
         FOR UPDATE SKIP LOCKED)
@@ -210,7 +211,8 @@ BEGIN
     SET status = 'sending', lease_until = now() + sms_claim.lease, attempts = o.attempts + 1,
         updated_at = now()
     FROM due WHERE o.id = due.id
-    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at;
+    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at,
+              o.captcha_verified;
 END
 $$;
 
@@ -224,7 +226,7 @@ BEGIN
     END IF;
     UPDATE auth.sms_outbox o
     SET status = 'sent', provider_message_id = sms_mark_sent.provider_message_id, body = NULL,
-        sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
+        captcha_token = NULL, sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
     WHERE o.id = sms_mark_sent.id AND o.status <> 'sent';
     IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM auth.sms_outbox o WHERE o.id = sms_mark_sent.id) THEN
         RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such message.', DETAIL = 'message-not-found';
@@ -234,11 +236,21 @@ $$;
 
 -- Records a failed attempt: retried with exponential backoff and jitter up to sms_max_attempts,
 -- then dead; a permanent (non-retryable) error is dead at once; an expired code is expired.
-CREATE FUNCTION auth.sms_mark_failed(id uuid, error text, retryable boolean DEFAULT true) RETURNS void
+-- With `attempt` (the attempts value sms_claim returned), a report that arrives after the lease
+-- ran out and the message was claimed again, or finished, changes nothing.
+CREATE FUNCTION auth.sms_mark_failed(id uuid, error text, retryable boolean DEFAULT true,
+                                     attempt integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM auth._unwrap(auth._sms_mark_failed(id, error, retryable));
+    PERFORM auth._unwrap(auth._sms_mark_failed(id, error, retryable, attempt));
 END
+$$;
+
+-- Records that a message's captcha passed: tokens are single-use, so a retry must not ask again.
+CREATE FUNCTION auth.sms_mark_captcha_passed(id uuid) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE auth.sms_outbox o SET captcha_verified = true, captcha_token = NULL, updated_at = now()
+    WHERE o.id = sms_mark_captcha_passed.id AND o.status = 'sending'
 $$;
 
 -- For DBAs and the dispatcher's metrics: counts by status, the oldest due message, recent failures.
@@ -259,13 +271,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                 WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 20) f))
 $$;
 
--- Lets a role run the dispatcher: EXECUTE on the four functions above, nothing else.
+-- Lets a role run the dispatcher: EXECUTE on the five functions above, nothing else.
 CREATE FUNCTION auth.grant_dispatcher(role_name name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION auth.sms_claim(integer, interval), '
-                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_failed(uuid, text, boolean), '
-                   'auth.sms_queue_stats() TO %I', role_name);
+                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_failed(uuid, text, boolean, integer), '
+                   'auth.sms_mark_captcha_passed(uuid), auth.sms_queue_stats() TO %I', role_name);
 END
 $$;
 
@@ -326,7 +338,8 @@ END
 $$;
 
 -- Deletes what can no longer be used: dead codes, expired refresh tokens, sessions that can no
--- longer be refreshed, and rate-limit events older than any window. Returns counts.
+-- longer be refreshed, rate-limit events older than any window, and finished outbox messages.
+-- Returns counts.
 CREATE FUNCTION auth.purge_expired(older_than interval DEFAULT '1 day') RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -335,6 +348,7 @@ DECLARE
     n_tokens bigint;
     n_sessions bigint;
     n_events bigint;
+    n_messages bigint;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'older_than must be a non-negative interval.',
@@ -355,8 +369,11 @@ BEGIN
     GET DIAGNOSTICS n_sessions = ROW_COUNT;
     DELETE FROM auth.send_events WHERE created_at < now() - interval '30 days' - older_than;
     GET DIAGNOSTICS n_events = ROW_COUNT;
+    DELETE FROM auth.sms_outbox WHERE status IN ('sent', 'dead', 'expired') AND updated_at < cutoff;
+    GET DIAGNOSTICS n_messages = ROW_COUNT;
     RETURN jsonb_build_object('otp_codes', n_codes, 'refresh_tokens', n_tokens,
-                              'sessions', n_sessions, 'send_events', n_events);
+                              'sessions', n_sessions, 'send_events', n_events,
+                              'sms_outbox', n_messages);
 END
 $$;
 

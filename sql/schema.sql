@@ -108,6 +108,7 @@ CREATE TABLE auth.sms_outbox (
     channel             text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
     body                text,
     captcha_token       text,
+    captcha_verified    boolean NOT NULL DEFAULT false,
     purpose             text NOT NULL,
     user_id             uuid,
     created_at          timestamptz NOT NULL DEFAULT now(),
@@ -124,6 +125,9 @@ CREATE TABLE auth.sms_outbox (
 );
 CREATE INDEX sms_outbox_due ON auth.sms_outbox (next_attempt_at) WHERE status IN ('queued', 'sending');
 CREATE INDEX sms_outbox_pending_expiry ON auth.sms_outbox (expires_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX sms_outbox_failures ON auth.sms_outbox (updated_at) WHERE last_error IS NOT NULL;
+CREATE INDEX sms_outbox_finished ON auth.sms_outbox (updated_at) WHERE status IN ('sent', 'dead', 'expired');
+CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status = 'queued';
 
 CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

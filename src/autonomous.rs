@@ -225,6 +225,8 @@ pub fn record(action: &Action) -> Result<()> {
             done = worker.wait_for_shutdown().is_ok();
             break;
         }
+        // Let a cancel or statement timeout end the wait.
+        pgrx::check_for_interrupts!();
         std::thread::sleep(Duration::from_millis(10));
     }
     // Read committed: this statement sees what the worker committed.

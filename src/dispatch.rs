@@ -18,17 +18,29 @@ struct Attempted {
     seconds_until_expiry: f64,
 }
 
+/// A control character cannot be stored in text (NUL) or is noise in a report.
+fn clean_error(e: &str) -> String {
+    e.chars()
+        .filter(|c| !c.is_control() || *c == '\n')
+        .take(MAX_ERROR_CHARS)
+        .collect()
+}
+
 fn jitter() -> Result<f64> {
     let mut b = [0u8; 4];
     random_bytes(&mut b)?;
     Ok(u32::from_be_bytes(b) as f64 / (u32::MAX as f64 + 1.0))
 }
 
-fn mark_failed(id: Option<Uuid>, error: Option<&str>, retryable: Option<bool>) -> Result<Value> {
+fn mark_failed(
+    id: Option<Uuid>,
+    error: Option<&str>,
+    retryable: Option<bool>,
+    attempt: Option<i32>,
+) -> Result<Value> {
     let id = id.ok_or_else(|| AuthError::missing("id"))?.to_string();
-    let error = error.ok_or_else(|| AuthError::missing("error"))?;
+    let error = clean_error(error.ok_or_else(|| AuthError::missing("error"))?);
     let retryable = retryable.ok_or_else(|| AuthError::missing("retryable"))?;
-    let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
     let cfg = config::load()?;
     let m: Attempted = db::row_as(
         "SELECT jsonb_build_object('attempts', attempts, 'status', status,
@@ -37,8 +49,9 @@ fn mark_failed(id: Option<Uuid>, error: Option<&str>, retryable: Option<bool>) -
         &[db::text(&id)],
     )?
     .ok_or_else(|| AuthError::new(404, "message-not-found", "No such message."))?;
-    if m.status == "sent" {
-        // Another dispatcher delivered it after our lease ran out; the delivery stands.
+    if m.status != "sending" || attempt.is_some_and(|a| i64::from(a) != m.attempts) {
+        // A late report: the lease ran out and the message was claimed again or finished
+        // meanwhile. The current holder's outcome is the one that counts.
         return Ok(Value::Null);
     }
     let delay = retry_delay(
@@ -63,7 +76,8 @@ fn mark_failed(id: Option<Uuid>, error: Option<&str>, retryable: Option<bool>) -
         "UPDATE auth.sms_outbox SET
              status = $2, last_error = $3, lease_until = NULL, updated_at = now(),
              next_attempt_at = now() + make_interval(secs => $4),
-             body = CASE WHEN $2 = 'queued' THEN body END
+             body = CASE WHEN $2 = 'queued' THEN body END,
+             captcha_token = CASE WHEN $2 = 'queued' THEN captcha_token END
          WHERE id = $1::uuid",
         &[
             db::text(&id),
@@ -76,6 +90,11 @@ fn mark_failed(id: Option<Uuid>, error: Option<&str>, retryable: Option<bool>) -
 }
 
 #[pg_extern(name = "_sms_mark_failed")]
-fn sms_mark_failed_impl(id: Option<Uuid>, error: Option<&str>, retryable: Option<bool>) -> JsonB {
-    crate::respond(mark_failed(id, error, retryable))
+fn sms_mark_failed_impl(
+    id: Option<Uuid>,
+    error: Option<&str>,
+    retryable: Option<bool>,
+    attempt: Option<i32>,
+) -> JsonB {
+    crate::respond(mark_failed(id, error, retryable, attempt))
 }

@@ -141,6 +141,11 @@ fn refresh(token: Option<&str>) -> Result<Value> {
     }
     autonomous::require_own_transaction()?;
     let cfg = config::load()?;
+    // Concurrent presentations of one token are judged one at a time (the sibling limit).
+    db::run(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:refresh:' || encode($1, 'hex'), 0))",
+        &[refresh_token_hash(token).into()],
+    )?;
     // clock_timestamp(), not now(): a transaction held open from before the rotation must not
     // make a stale token look freshly rotated.
     let t: PresentedToken = db::row_as(

@@ -114,6 +114,13 @@ fn deliver(
          WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL",
         &[db::text(phone), db::text(PURPOSE)],
     )?;
+    // Their messages, if not yet handed to a provider, would only deliver a dead code.
+    db::run(
+        "UPDATE auth.sms_outbox SET status = 'expired', body = NULL, captcha_token = NULL,
+                                    last_error = 'superseded by a newer code', updated_at = now()
+         WHERE phone = $1 AND purpose = $2 AND status = 'queued'",
+        &[db::text(phone), db::text(PURPOSE)],
+    )?;
     let test_code = cfg.test_otp.get(phone);
     let code = match test_code {
         Some(c) => c.clone(),

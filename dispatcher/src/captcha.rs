@@ -24,7 +24,9 @@ impl Captcha {
             .form(&[("secret", self.secret.as_str()), ("response", token)])
             .send()
             .await
-            .map_err(|e| Failure::transient(format!("captcha verification failed: {e}")))?;
+            .map_err(|e| {
+                Failure::transient(format!("captcha verification failed: {}", e.without_url()))
+            })?;
         let status = resp.status().as_u16();
         if status == 429 || status >= 500 {
             return Err(Failure::transient(format!(

@@ -102,7 +102,8 @@ pub struct Args {
     /// Messages claimed per database round trip.
     #[arg(long, env = "OTP_BATCH_SIZE", default_value_t = 50)]
     pub batch_size: usize,
-    /// Seconds a claimed message is reserved; after that another dispatcher may send it.
+    /// Seconds a claimed message is reserved (at least 3 x --http-timeout-seconds); after that
+    /// another dispatcher may send it.
     #[arg(long, env = "OTP_LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,
     /// Seconds between polls when no notification arrives.
@@ -208,6 +209,9 @@ impl Args {
             ProviderKind::Log => Provider::Log,
         };
         let captcha = match self.captcha_provider {
+            CaptchaKind::None if self.captcha_required => {
+                return Err("--captcha-required needs --captcha-provider".into());
+            }
             CaptchaKind::None => None,
             kind => {
                 let secret = need(&self.captcha_secret, "captcha-secret", "captcha")?;
@@ -237,9 +241,12 @@ impl Args {
             120.0,
         )?;
         let lease = seconds(self.lease_seconds as f64, "lease-seconds", 1.0, 3600.0)?;
-        if lease < http_timeout * 2 {
-            // A lease shorter than a send could take lets a second dispatcher resend it.
-            return Err("--lease-seconds must be at least twice --http-timeout-seconds".into());
+        if lease < http_timeout * 3 {
+            // A lease must outlast a captcha check, a send and recording the result, or a
+            // second dispatcher resends the message in normal operation.
+            return Err(
+                "--lease-seconds must be at least three times --http-timeout-seconds".into(),
+            );
         }
         let metrics_addr = match self.metrics_addr.as_str() {
             "off" => None,

@@ -118,14 +118,19 @@ pub async fn run(
 
 async fn deliver(s: &Shared, c: Claimed) {
     let m = &c.message;
-    let outcome = if c.expired {
-        Metrics::inc(&s.metrics.expired);
-        Outcome::Failed(Failure::permanent(
-            "the code expired before it could be sent",
-        ))
+    // The database's view of the time left, carried on this process's monotonic clock.
+    let expires = Instant::now() + Duration::from_secs_f64(c.expires_in.max(0.0));
+    let outcome = if m.body.is_empty() {
+        Outcome::Failed(Failure::permanent("the message has no body"))
     } else {
         match captcha_verdict(s, &c).await {
             Err(f) => Outcome::Failed(f),
+            Ok(()) if Instant::now() >= expires => {
+                Metrics::inc(&s.metrics.expired);
+                Outcome::Failed(Failure::permanent(
+                    "the code expired before it could be sent",
+                ))
+            }
             Ok(()) => {
                 let started = Instant::now();
                 let result = s.cfg.provider.send(&s.http, m, s.cfg.http_timeout).await;
@@ -154,13 +159,17 @@ async fn deliver(s: &Shared, c: Claimed) {
             tracing::warn!(message_id = %m.id, attempt = m.attempts, retryable = f.retryable, error = %f.message, "delivery failed");
         }
     }
-    record(s, &m.id, &outcome).await;
+    record(s, &m.id, m.attempts, &outcome).await;
 }
 
 async fn captcha_verdict(s: &Shared, c: &Claimed) -> Result<(), Failure> {
     let Some(captcha) = &s.cfg.captcha else {
         return Ok(());
     };
+    if c.captcha_verified {
+        // Passed on an earlier attempt; tokens are single-use, so asking again would fail.
+        return Ok(());
+    }
     match c.captcha_token.as_deref() {
         None if s.cfg.captcha_required => {
             Metrics::inc(&s.metrics.captcha_rejected);
@@ -168,7 +177,12 @@ async fn captcha_verdict(s: &Shared, c: &Claimed) -> Result<(), Failure> {
         }
         None => Ok(()),
         Some(token) => match captcha.verify(&s.http, token, s.cfg.http_timeout).await? {
-            true => Ok(()),
+            true => {
+                if let Err(e) = s.store.mark_captcha_passed(&c.message.id).await {
+                    tracing::warn!(message_id = %c.message.id, error = %e, "could not record the passed captcha");
+                }
+                Ok(())
+            }
             false => {
                 Metrics::inc(&s.metrics.captcha_rejected);
                 Err(Failure::permanent("captcha verification failed"))
@@ -177,13 +191,18 @@ async fn captcha_verdict(s: &Shared, c: &Claimed) -> Result<(), Failure> {
     }
 }
 
-/// Records an outcome, retrying while the database is unreachable (it may be restarting).
-async fn record(s: &Shared, id: &str, outcome: &Outcome) {
+/// Records an outcome, retrying while the database is unreachable (it may be restarting). An
+/// error the server itself returns is not retried: the same call would get the same answer.
+async fn record(s: &Shared, id: &str, attempt: i32, outcome: &Outcome) {
     let mut delay = Duration::from_millis(100);
     loop {
         let r = match outcome {
             Outcome::Sent(pid) => s.store.mark_sent(id, pid).await,
-            Outcome::Failed(f) => s.store.mark_failed(id, &f.message, f.retryable).await,
+            Outcome::Failed(f) => {
+                s.store
+                    .mark_failed(id, &f.message, f.retryable, attempt)
+                    .await
+            }
         };
         match r {
             Ok(()) => {
@@ -192,6 +211,10 @@ async fn record(s: &Shared, id: &str, outcome: &Outcome) {
             }
             Err(e) => {
                 Metrics::inc(&s.metrics.db_errors);
+                if !e.transient {
+                    tracing::error!(message_id = %id, error = %e, "recording the outcome was refused; giving up");
+                    return;
+                }
                 tracing::warn!(message_id = %id, error = %e, "recording the outcome failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));

@@ -10,6 +10,43 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 pub const CHANNEL: &str = "pg_otp_auth_outbox";
+/// No database call may hang a send slot forever (a half-open connection, say).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A failed database call, and whether trying again could help.
+#[derive(Debug)]
+pub struct DbError {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn pg_error(what: &str, e: tokio_postgres::Error) -> DbError {
+    // An error with an SQLSTATE came from a working server (e.g. PT404 for a deleted row);
+    // repeating the call would get the same answer. No SQLSTATE: the connection failed.
+    DbError {
+        transient: e.code().is_none(),
+        message: format!("{what} failed: {e}"),
+    }
+}
+
+fn unreachable(e: impl std::fmt::Display) -> DbError {
+    DbError {
+        transient: true,
+        message: format!("database unavailable: {e}"),
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = Result<T, DbError>>) -> Result<T, DbError> {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(unreachable("call timed out")))
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -19,12 +56,18 @@ pub struct Store {
 pub struct Claimed {
     pub message: Outgoing,
     pub captcha_token: Option<String>,
-    pub expired: bool,
+    pub captcha_verified: bool,
+    /// Seconds until the code expires, measured by the database clock at claim time.
+    pub expires_in: f64,
 }
 
 impl Store {
     pub fn new(database_url: &str, size: usize) -> Result<Store, String> {
-        let pg: tokio_postgres::Config = database_url.parse().map_err(|e| format!("{e}"))?;
+        let mut pg: tokio_postgres::Config = database_url.parse().map_err(|e| format!("{e}"))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        pg.keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -42,68 +85,104 @@ impl Store {
         Ok(Store { pool })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Client, String> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| format!("database unavailable: {e}"))
+    async fn client(&self) -> Result<deadpool_postgres::Client, DbError> {
+        self.pool.get().await.map_err(unreachable)
     }
 
-    pub async fn claim(&self, batch: usize, lease: Duration) -> Result<Vec<Claimed>, String> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT id::text, phone, channel, body, captcha_token, attempts, expires_at <= now()
-                 FROM auth.sms_claim($1::int, make_interval(secs => $2::float8))",
-                &[&(batch as i32), &lease.as_secs_f64()],
+    pub async fn claim(&self, batch: usize, lease: Duration) -> Result<Vec<Claimed>, DbError> {
+        timed(async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT id::text, phone, channel, body, captcha_token, attempts, captcha_verified,
+                            extract(epoch FROM expires_at - clock_timestamp())::float8
+                     FROM auth.sms_claim($1::int, make_interval(secs => $2::float8))",
+                    &[&(batch as i32), &lease.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| pg_error("sms_claim", e))?;
+            Ok(rows
+                .iter()
+                .map(|r| Claimed {
+                    message: Outgoing {
+                        id: r.get(0),
+                        phone: r.get(1),
+                        channel: r.get(2),
+                        body: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                        attempts: r.get(5),
+                    },
+                    captcha_token: r.get(4),
+                    captcha_verified: r.get(6),
+                    expires_in: r.get(7),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn mark_sent(&self, id: &str, provider_message_id: &str) -> Result<(), DbError> {
+        timed(async {
+            let c = self.client().await?;
+            c.execute(
+                "SELECT auth.sms_mark_sent($1::text::uuid, $2)",
+                &[&id, &provider_message_id],
             )
             .await
-            .map_err(|e| format!("sms_claim failed: {e}"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Claimed {
-                message: Outgoing {
-                    id: r.get(0),
-                    phone: r.get(1),
-                    channel: r.get(2),
-                    body: r.get::<_, Option<String>>(3).unwrap_or_default(),
-                    attempts: r.get(5),
-                },
-                captcha_token: r.get(4),
-                expired: r.get(6),
-            })
-            .collect())
-    }
-
-    pub async fn mark_sent(&self, id: &str, provider_message_id: &str) -> Result<(), String> {
-        let c = self.client().await?;
-        c.execute(
-            "SELECT auth.sms_mark_sent($1::text::uuid, $2)",
-            &[&id, &provider_message_id],
-        )
+            .map(|_| ())
+            .map_err(|e| pg_error("sms_mark_sent", e))
+        })
         .await
-        .map(|_| ())
-        .map_err(|e| format!("sms_mark_sent failed: {e}"))
     }
 
-    pub async fn mark_failed(&self, id: &str, error: &str, retryable: bool) -> Result<(), String> {
-        let c = self.client().await?;
-        c.execute(
-            "SELECT auth.sms_mark_failed($1::text::uuid, $2, $3)",
-            &[&id, &error, &retryable],
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("sms_mark_failed failed: {e}"))
-    }
-
-    pub async fn stats(&self) -> Result<serde_json::Value, String> {
-        let c = self.client().await?;
-        let row = c
-            .query_one("SELECT auth.sms_queue_stats()::text", &[])
+    pub async fn mark_failed(
+        &self,
+        id: &str,
+        error: &str,
+        retryable: bool,
+        attempt: i32,
+    ) -> Result<(), DbError> {
+        // PostgreSQL text cannot hold NUL; providers' error text is not trusted to be clean.
+        let error: String = error.chars().filter(|c| *c != '\0').collect();
+        timed(async {
+            let c = self.client().await?;
+            c.execute(
+                "SELECT auth.sms_mark_failed($1::text::uuid, $2, $3, $4)",
+                &[&id, &error, &retryable, &attempt],
+            )
             .await
-            .map_err(|e| format!("sms_queue_stats failed: {e}"))?;
-        serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| e.to_string())
+            .map(|_| ())
+            .map_err(|e| pg_error("sms_mark_failed", e))
+        })
+        .await
+    }
+
+    pub async fn mark_captcha_passed(&self, id: &str) -> Result<(), DbError> {
+        timed(async {
+            let c = self.client().await?;
+            c.execute(
+                "SELECT auth.sms_mark_captcha_passed($1::text::uuid)",
+                &[&id],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| pg_error("sms_mark_captcha_passed", e))
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<serde_json::Value, DbError> {
+        timed(async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT auth.sms_queue_stats()::text", &[])
+                .await
+                .map_err(|e| pg_error("sms_queue_stats", e))?;
+            serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| DbError {
+                transient: false,
+                message: e.to_string(),
+            })
+        })
+        .await
     }
 }
 

@@ -322,6 +322,51 @@ def test_a_message_whose_last_attempt_never_reported_is_dead_letters(ddb):
     assert "lease ran out" in ddb.one("SELECT last_error FROM auth.sms_outbox")
 
 
+def as_dispatcher(db, sql, *args):
+    db.q("SET role otp_dispatcher")
+    try:
+        return db.q(sql, *args)
+    finally:
+        db.q("RESET role")
+
+
+def test_a_late_failure_report_does_not_touch_the_current_attempt(ddb):
+    """Dispatcher A's lease ran out and B claimed the message; A's late report must neither
+    cancel B's lease nor revive a finished message."""
+    [mid] = queue(ddb)
+    [(_, first)] = as_dispatcher(ddb, "SELECT id, attempts FROM auth.sms_claim(10, '1 second')")
+    ddb.q("UPDATE auth.sms_outbox SET lease_until = now() - interval '1 second'")
+    [(_, second)] = as_dispatcher(ddb, "SELECT id, attempts FROM auth.sms_claim(10, '60 seconds')")
+    assert (first, second) == (1, 2)
+    before = ddb.q("SELECT status, attempts, lease_until, body FROM auth.sms_outbox")
+    as_dispatcher(ddb, "SELECT auth.sms_mark_failed(%s, 'late timeout', true, %s)", mid, first)
+    assert ddb.q("SELECT status, attempts, lease_until, body FROM auth.sms_outbox") == before
+    as_dispatcher(ddb, "SELECT auth.sms_mark_failed(%s, 'bad number', false, %s)", mid, second)
+    assert statuses(ddb)[mid][:3] == ("dead", 2, True)
+    as_dispatcher(ddb, "SELECT auth.sms_mark_failed(%s, 'late again', true, %s)", mid, second)
+    assert statuses(ddb)[mid][:3] == ("dead", 2, True)
+
+
+def test_a_new_code_expires_the_queued_message_of_the_old_one(ddb):
+    [old] = queue(ddb)
+    [new] = queue(ddb)
+    st = statuses(ddb)
+    assert st[old][0] == "expired" and st[old][2] and st[new][0] == "queued"
+
+
+def test_purge_removes_finished_messages(ddb):
+    fake = Fake(lambda r: (200, {}, 0))
+    queue(ddb, 2)
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET)
+    wait_until(all_status(ddb, "sent"))
+    d.stop()
+    [keep] = queue(ddb, start=5)
+    ddb.q("UPDATE auth.sms_outbox SET updated_at = now() - interval '2 days' WHERE status = 'sent'")
+    assert ddb.one("SELECT auth.purge_expired()")["sms_outbox"] == 2
+    assert list(statuses(ddb)) == [keep]
+    fake.close()
+
+
 def test_expired_messages_are_never_sent(ddb):
     fake = Fake(lambda r: (200, {}, 0))
     ids = queue(ddb, 2)
@@ -353,7 +398,7 @@ def test_a_dispatcher_killed_mid_batch_loses_nothing(ddb):
     fake = Fake(lambda r: (200, {}, 0 if slow.is_set() else 30))
     ids = queue(ddb, 6)
     args = ("--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
-            "--lease-seconds", "3", "--http-timeout-seconds", "1.5")
+            "--lease-seconds", "3", "--http-timeout-seconds", "1")
     a = Dispatcher(ddb, *args)
     wait_until(lambda: len(fake.requests) >= 6 and all(s[0] == "sending" for s in statuses(ddb).values()), what="leases held")
     a.proc.send_signal(signal.SIGKILL)
@@ -388,7 +433,7 @@ def test_sigterm_finishes_in_flight_sends_and_exits_zero(ddb):
     fake = Fake(lambda r: (200, {}, 1.5))
     [mid] = queue(ddb)
     d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
-                   "--http-timeout-seconds", "5", "--lease-seconds", "10")
+                   "--http-timeout-seconds", "5", "--lease-seconds", "15")
     wait_until(lambda: len(fake.requests) == 1, what="send in flight")
     code, out, err = d.stop(signal.SIGTERM)
     assert code == 0, err
@@ -417,6 +462,22 @@ def test_captcha_pass_and_fail(ddb):
     assert dict(urllib.parse.parse_qsl(captcha.requests[0]["body"].decode()))["secret"] == "cs"
     assert "captcha" in ddb.one("SELECT last_error FROM auth.sms_outbox WHERE id = %s", bad)
     assert statuses(ddb)[bad][2]
+    captcha.close()
+    fake.close()
+
+
+def test_a_passed_captcha_is_not_asked_again_on_retry(ddb):
+    """Captcha tokens are single-use: the retry after a provider error must not re-verify."""
+    captcha = Fake(lambda r: (200, {"success": len(captcha.requests) == 1}, 0))
+    answers = iter([(500, "", 0)])
+    fake = Fake(lambda r: next(answers, (200, {}, 0)))
+    [mid] = queue(ddb, captcha="single-use")
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
+                   "--captcha-provider", "hcaptcha", "--captcha-secret", "cs", "--captcha-base-url", captcha.url)
+    wait_until(all_status(ddb, "sent"))
+    d.stop()
+    assert len(captcha.requests) == 1 and len(fake.requests) == 2
+    assert ddb.one("SELECT captcha_token FROM auth.sms_outbox WHERE id = %s", mid) is None
     captcha.close()
     fake.close()
 
@@ -459,6 +520,9 @@ def test_help_and_bad_configuration():
     bad = subprocess.run([BIN, "--database-url", "host=127.0.0.1", "--provider", "twilio", "--from", "+1555"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--twilio-account-sid is required" in bad.stderr
+    bad = subprocess.run([BIN, "--database-url", "host=127.0.0.1", "--provider", "log", "--lease-seconds", "10"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "three times --http-timeout-seconds" in bad.stderr
     bad = subprocess.run([BIN, "--database-url", "host=127.0.0.1", "--provider", "webhook",
                           "--webhook-url", "http://127.0.0.1:1", "--webhook-secret", "plain"], capture_output=True, text=True)
     assert bad.returncode == 2 and "whsec_" in bad.stderr
