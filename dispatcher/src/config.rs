@@ -344,9 +344,12 @@ mod tests {
     #[test]
     fn bad_numbers_and_urls_are_refused() {
         assert!(parse(&["--provider", "log", "--concurrency", "0"]).is_err());
-        assert!(parse(&["--provider", "log", "--lease-seconds", "5"])
+        assert!(parse(&["--provider", "log", "--lease-seconds", "29"])
             .unwrap_err()
-            .contains("twice"));
+            .contains("three times"));
+        assert!(parse(&["--provider", "log", "--captcha-required"])
+            .unwrap_err()
+            .contains("--captcha-provider"));
         assert!(parse(&["--provider", "log", "--metrics-addr", "nowhere"]).is_err());
         assert!(parse(&[
             "--provider",
