@@ -24,8 +24,12 @@ use std::time::Duration;
 /// What an attempt was made against.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
-    /// A sign-in code (by row) for a phone.
-    Code { code_id: String, phone: String },
+    /// A sign-in code (by row) for a phone; `code_id` is None when the phone has no usable code
+    /// (the attempt is still recorded, so the two cases take the same path and time).
+    Code {
+        code_id: Option<String>,
+        phone: String,
+    },
     /// An MFA challenge; `challenge_id` is None when the failing call created it itself (and
     /// the worker cannot see it), in which case only the factor-level record is made.
     Challenge {
@@ -103,7 +107,7 @@ impl Action {
             } => {
                 let f = if *failed { "1" } else { "0" };
                 let (tag, a, b) = match target {
-                    Target::Code { code_id, phone } => ("c", pack(code_id), phone.clone()),
+                    Target::Code { code_id, phone } => ("c", opt(code_id), phone.clone()),
                     Target::Challenge {
                         challenge_id,
                         factor_id,
@@ -148,7 +152,7 @@ impl Action {
             [tag @ ("c" | "h" | "t"), audit, f, a, b, addr] => {
                 let target = match *tag {
                     "c" => Target::Code {
-                        code_id: unpack(a)?,
+                        code_id: opt(a)?,
                         phone: b.to_string(),
                     },
                     "h" => Target::Challenge {
@@ -293,8 +297,12 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
                          SELECT $1::uuid, CASE WHEN $2 THEN 'verify_failed' ELSE 'verify_attempt' END,
                                 c.user_id, $4, $5::inet,
                                 jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
-                         FROM c",
-                        Some(code_id),
+                         FROM c
+                         UNION ALL
+                         SELECT $1::uuid, 'verify_failed', NULL, $4, $5::inet,
+                                jsonb_build_object('no_live_code', true)
+                         WHERE NOT EXISTS (SELECT 1 FROM c)",
+                        code_id,
                         Some(phone),
                     ),
                     Target::Challenge { challenge_id, factor_id } => (

@@ -6,7 +6,7 @@ use crate::{config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
 use pg_otp_auth_core::profile::{self, Policy, Profile};
-use pg_otp_auth_core::{otp, phone, template};
+use pg_otp_auth_core::{otp, phone, ratelimit, template};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
@@ -237,6 +237,37 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     Ok(json!("OK"))
 }
 
+/// The per-IP limit on verification attempts, counted from the attempts already recorded (so
+/// it binds although each failed call rolls back).
+fn admit_verify(cfg: &Config, ip: Option<&str>) -> Result<()> {
+    let Some(ip) = ip else { return Ok(()) };
+    let ages: Vec<f64> = db::row_as(
+        "SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 a FROM auth.audit_log
+             WHERE ip = $1::inet AND event IN ('verify_failed', 'verify_attempt')
+               AND created_at > clock_timestamp() - make_interval(secs => $2)
+             ORDER BY created_at DESC LIMIT $3) x",
+        &[
+            db::text(ip),
+            cfg.verify_rate_per_ip_window.into(),
+            cfg.verify_rate_per_ip.into(),
+        ],
+    )?
+    .unwrap_or_default();
+    match ratelimit::sliding_window_retry_after(
+        &ages,
+        cfg.verify_rate_per_ip,
+        cfg.verify_rate_per_ip_window as f64,
+    ) {
+        Some(wait) => Err(AuthError::rate_limited(
+            "over-request-rate-limit",
+            "Too many verification attempts from this address.",
+            wait,
+        )),
+        None => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 struct LiveCode {
     id: String,
@@ -252,6 +283,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let cfg = config::load()?;
     otp::check_format(code, cfg.otp_length)?;
     let ip = request::client_ip()?;
+    admit_verify(&cfg, ip.as_deref())?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
     let live: Option<LiveCode> = db::row_as(
@@ -263,24 +295,26 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
         &[db::text(&phone), db::text(PURPOSE)],
     )?;
     let pepper = config::secret("otp_pepper")?;
-    // Hash even when there is nothing to compare with, so both paths cost the same.
     let stored = live
         .as_ref()
         .map(|c| db::from_hex(&c.hash))
         .unwrap_or_default();
     let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
-    let Some(live) = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts) else {
-        return Err(AuthError::invalid_otp());
-    };
+    let live = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
+    // Every attempt is recorded before the answer, with or without a usable code: the two cases
+    // then cost the same (no registration oracle in the timing) and fail closed alike.
     autonomous::record(&Action::Attempt {
         audit_id: autonomous::new_audit_id()?,
         target: Target::Code {
-            code_id: live.id.clone(),
+            code_id: live.as_ref().map(|c| c.id.clone()),
             phone: phone.clone(),
         },
-        failed: !matches,
+        failed: !(matches && live.is_some()),
         ip: ip.clone(),
     })?;
+    let Some(live) = live else {
+        return Err(AuthError::invalid_otp());
+    };
     if !matches {
         return Err(AuthError::invalid_otp());
     }

@@ -81,8 +81,8 @@ def test_max_attempts_kill_the_code_and_survive_the_error(db):
     with raises_auth(401, "invalid-otp"):
         db.rpc("verify_sms_otp", phone=PHONE, otp=code)
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
-    # Five wrong guesses were judged and audited; the sixth call met a dead code and judged nothing.
-    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 5
+    # Every attempt is audited, the sixth (against the dead code) too.
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed' AND phone = %s", PHONE) == 6
 
 
 def test_concurrent_guesses_cannot_exceed_the_attempt_limit(db):
@@ -92,9 +92,10 @@ def test_concurrent_guesses_cannot_exceed_the_attempt_limit(db):
     wrong = "000000" if code != "000000" else "111111"
     results = run_concurrently(db, 10, lambda conn: db.rpc("verify_sms_otp", conn=conn, phone=PHONE, otp=wrong))
     assert results == [("err", "invalid-otp")] * 10
-    # Guesses are serialised per phone and each is recorded before the next is judged.
+    # Guesses are serialised per phone and each is recorded before the next is judged: three
+    # reached the code, the other seven met it dead; all ten are audited.
     assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 3
-    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed'") == 3
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_failed'") == 10
     with raises_auth(401, "invalid-otp"):
         db.rpc("verify_sms_otp", phone=PHONE, otp=code)
 
@@ -353,3 +354,26 @@ def test_an_attempt_that_cannot_be_recorded_fails_closed(db):
     assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 0
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
     assert db.rpc("verify_sms_otp", phone=PHONE, otp=code)["session"]
+
+
+def test_attempts_without_a_live_code_are_recorded_too(db):
+    """Unknown phones take the same recorded path as phones with a pending code, so timing does
+    not reveal which phones are registered."""
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone="+15550606099", otp="123456")
+    row = db.q("SELECT user_id, phone, detail FROM auth.audit_log WHERE event = 'verify_failed'")
+    assert row == [(None, "+15550606099", {"no_live_code": True})]
+
+
+def test_per_ip_verification_limit(db):
+    db.setting("verify_rate_per_ip", 3)
+    h = {"x-forwarded-for": "203.0.113.50"}
+    for i in range(3):
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_sms_otp", phone=f"+155506070{i:02d}", otp="123456", headers=h)
+    with raises_auth(429, "over-request-rate-limit") as exc:
+        db.rpc("verify_sms_otp", phone="+15550607099", otp="123456", headers=h)
+    assert exc.value.diag.message_hint.startswith("retry after")
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE host(ip) = '203.0.113.50'") == 3
+    with raises_auth(401, "invalid-otp"):
+        db.rpc("verify_sms_otp", phone="+15550607099", otp="123456", headers={"x-forwarded-for": "198.51.100.7"})
