@@ -385,7 +385,7 @@ mod tests {
             Action::Attempt {
                 audit_id: A.into(),
                 target: Target::Code {
-                    code_id: B.into(),
+                    code_id: Some(B.into()),
                     phone: "+123456789012345".into(),
                 },
                 failed: true,
