@@ -80,10 +80,10 @@ def free_port():
 
 
 class Dispatcher:
-    def __init__(self, db, *args, env=None):
+    def __init__(self, db, *args, env=None, poll="0.2"):
         self.metrics_port = free_port()
         argv = [BIN, "--database-url", f"host=127.0.0.1 port={os.environ['PGPORT']} user=otp_dispatcher dbname={db.name}",
-                "--poll-seconds", "0.2", "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *args]
+                "--poll-seconds", poll, "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, OTP_LOG="info", **(env or {})))
 
@@ -379,6 +379,18 @@ def test_expired_messages_are_never_sent(ddb):
 
 
 # Several dispatchers, crashes, restarts, shutdown
+
+def test_notify_wakes_the_dispatcher_without_waiting_for_a_poll(ddb):
+    fake = Fake(lambda r: (200, {}, 0))
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET, poll="60")
+    wait_until(lambda: d.health() == 200, what="dispatcher up")
+    time.sleep(0.5)  # past the startup claim pass, so only a notification can deliver in time
+    [mid] = queue(ddb)
+    wait_until(all_status(ddb, "sent"), timeout=10, what="delivery by NOTIFY (poll interval is 60 s)")
+    d.stop()
+    assert [json.loads(r["body"])["message_id"] for r in fake.requests] == [mid]
+    fake.close()
+
 
 def test_two_dispatchers_deliver_every_message_exactly_once(ddb):
     fake = Fake(lambda r: (200, {}, 0.02))
