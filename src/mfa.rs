@@ -121,8 +121,9 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 }
 
 fn now_epoch() -> Result<i64> {
+    // clock_timestamp(): a transaction held open must not freeze the TOTP time step.
     db::row(
-        "SELECT to_jsonb(floor(extract(epoch FROM now()))::bigint)",
+        "SELECT to_jsonb(floor(extract(epoch FROM clock_timestamp()))::bigint)",
         &[],
     )?
     .and_then(|v| v.as_i64())
@@ -134,10 +135,10 @@ fn now_epoch() -> Result<i64> {
 fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
     let ages: Vec<f64> = db::row_as(
         "SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-             SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.audit_log
+             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 a FROM auth.audit_log
              WHERE user_id = $1::uuid AND event IN ('mfa_verify_failed', 'mfa_signin_failed')
                AND detail ->> 'factor_id' = $2
-               AND created_at > now() - make_interval(secs => $3)
+               AND created_at > clock_timestamp() - make_interval(secs => $3)
              ORDER BY created_at DESC LIMIT $4) x",
         &[
             db::text(user_id),
