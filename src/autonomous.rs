@@ -80,18 +80,7 @@ fn unpack(packed: &str) -> Option<String> {
     let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(packed)
         .ok()?;
-    if b.len() != 16 {
-        return None;
-    }
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+    Some(pg_otp_auth_core::otp::uuid_text(&b.try_into().ok()?))
 }
 
 impl Action {
@@ -187,13 +176,6 @@ impl Action {
             }
         }
     }
-}
-
-/// A fresh id for the audit row an action will write.
-pub fn new_audit_id() -> Result<String> {
-    db::row("SELECT to_jsonb(gen_random_uuid())", &[])?
-        .and_then(|v| v.as_str().map(str::to_string))
-        .ok_or_else(|| AuthError::internal("gen_random_uuid() failed"))
 }
 
 fn unavailable() -> AuthError {

@@ -1,8 +1,8 @@
 //! Settings and secrets as stored in the database.
 
-use crate::db;
+use crate::{audit, db};
 use pg_otp_auth_core::config::{self, Config, Kind, SETTINGS};
-use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::error::{required, AuthError, Result};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
@@ -59,10 +59,7 @@ fn set(name: &str, value: &Value) -> Result<Value> {
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
         &[db::text(name), db::jsonb(value)],
     )?;
-    db::run(
-        "INSERT INTO auth.audit_log (event, detail) VALUES ('setting_changed', jsonb_build_object('name', $1::text))",
-        &[db::text(name)],
-    )?;
+    audit::record("setting_changed", None, None, None, json!({"name": name}))?;
     listing()
 }
 
@@ -83,16 +80,13 @@ fn settings_impl() -> JsonB {
 #[pg_extern(name = "_set_setting")]
 fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> JsonB {
     crate::respond((|| {
-        let name = name.ok_or_else(|| AuthError::missing("name"))?;
-        let JsonB(value) = value.ok_or_else(|| AuthError::missing("value"))?;
+        let name = required(name, "name")?;
+        let JsonB(value) = required(value, "value")?;
         set(name, &value)
     })())
 }
 
 #[pg_extern(name = "_reset_setting")]
 fn reset_setting_impl(name: Option<&str>) -> JsonB {
-    crate::respond(
-        name.ok_or_else(|| AuthError::missing("name"))
-            .and_then(reset),
-    )
+    crate::respond(required(name, "name").and_then(reset))
 }

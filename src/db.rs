@@ -79,6 +79,18 @@ pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {
     })
 }
 
+/// Serialises work on one key (a phone, a factor, a ticket, a user) until the transaction ends.
+pub fn lock(kind: &str, key: &str) -> Result<()> {
+    run(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:' || $1 || ':' || $2, 0))",
+        &[text(kind), text(key)],
+    )
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Bytes from `encode(bytea, 'hex')`, which is how queries hand back hashes inside jsonb.
 pub fn from_hex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)

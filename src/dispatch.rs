@@ -1,7 +1,7 @@
 //! The database side of the dispatcher that is not plain SQL: recording failed deliveries.
 
 use crate::{config, db};
-use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::otp::random_bytes;
 use pg_otp_auth_core::outbox::{after_failure, retry_delay, AfterFailure};
 use pgrx::prelude::*;
@@ -38,9 +38,9 @@ fn mark_failed(
     retryable: Option<bool>,
     attempt: Option<i32>,
 ) -> Result<Value> {
-    let id = id.ok_or_else(|| AuthError::missing("id"))?.to_string();
-    let error = clean_error(error.ok_or_else(|| AuthError::missing("error"))?);
-    let retryable = retryable.ok_or_else(|| AuthError::missing("retryable"))?;
+    let id = required(id, "id")?.to_string();
+    let error = clean_error(required(error, "error")?);
+    let retryable = required(retryable, "retryable")?;
     let cfg = config::load()?;
     let m: Attempted = db::row_as(
         "SELECT jsonb_build_object('attempts', attempts, 'status', status,

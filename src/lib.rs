@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod audit;
 mod autonomous;
 mod config;
 mod db;
@@ -39,17 +40,16 @@ fn random_bytes(n: i32) -> Vec<u8> {
     buf
 }
 
-/// A random printable secret (URL-safe base64 of `n` random bytes), as PostgREST's
-/// jwt-secret expects a string.
+/// A random printable secret of `n` URL-safe base64 characters (6 random bits each), as
+/// PostgREST's jwt-secret expects a string.
 #[pg_extern(name = "_random_secret_text")]
 fn random_secret_text(n: i32) -> String {
-    use pg_otp_auth_core::session::new_refresh_token;
-    let mut s = String::new();
-    while s.len() < (n.clamp(32, 256) as usize) {
-        s.push_str(&new_refresh_token().unwrap_or_else(|e| error!("{}", e.message)));
-    }
-    s.truncate(n.clamp(32, 256) as usize);
-    s
+    use base64::Engine;
+    let n = n.clamp(32, 256) as usize;
+    let mut encoded =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(n as i32));
+    encoded.truncate(n);
+    encoded
 }
 
 #[cfg(any(test, feature = "pg_test"))]

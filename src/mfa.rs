@@ -4,16 +4,16 @@
 use crate::autonomous::{self, Action, Target};
 use crate::outbox::{self, admit_send, lock_phone, Issued};
 use crate::request::{self, CurrentSession};
-use crate::{config, db, session};
+use crate::{audit, config, db, session};
 use pg_otp_auth_core::config::Config;
-use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::mfa::{
     check_friendly_name, check_issuer, format_ticket, new_recovery_codes, normalize_recovery_code,
     parse_ticket,
 };
 use pg_otp_auth_core::session::refresh_token_hash;
 use pg_otp_auth_core::totp::{self, Algorithm, Params};
-use pg_otp_auth_core::{otp, phone, ratelimit, template};
+use pg_otp_auth_core::{otp, phone, ratelimit};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde::Deserialize;
@@ -23,10 +23,6 @@ use subtle::ConstantTimeEq;
 const CHALLENGE_PURPOSE: &str = "mfa_challenge";
 const RECOVERY_PURPOSE: &str = "recovery";
 const TOTP_SECRET_BYTES: usize = 20;
-
-fn required<T>(v: Option<T>, name: &str) -> Result<T> {
-    v.ok_or_else(|| AuthError::missing(name))
-}
 
 fn factor_not_found() -> AuthError {
     AuthError::new(404, "mfa-factor-not-found", "No such factor.")
@@ -44,23 +40,9 @@ fn invalid_ticket() -> AuthError {
     )
 }
 
+/// An audit row about the user's MFA.
 fn audit(event: &str, user_id: &str, ip: Option<&str>, detail: Value) -> Result<()> {
-    db::run(
-        "INSERT INTO auth.audit_log (event, user_id, ip, detail) VALUES ($1, $2::uuid, $3::inet, $4)",
-        &[db::text(event), db::text(user_id), db::opt_text(ip), db::jsonb(detail)],
-    )
-}
-
-/// Serialises work on one key (a factor, a ticket, a user) within the transaction.
-fn lock(kind: &str, key: &str) -> Result<()> {
-    db::run(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:' || $1 || ':' || $2, 0))",
-        &[db::text(kind), db::text(key)],
-    )
-}
-
-fn digits_only(code: &str, n: usize) -> Result<()> {
-    otp::check_format(code, n)
+    audit::record(event, Some(user_id), None, ip, detail)
 }
 
 #[derive(Deserialize)]
@@ -209,7 +191,7 @@ fn enroll(
     let cfg = config::load()?;
     let issuer = issuer.unwrap_or(&cfg.mfa_totp_issuer).to_string();
     check_issuer(&issuer)?;
-    lock("user", &me.user_id)?;
+    db::lock("user", &me.user_id)?;
     // Enrollments abandoned for a day make room (and free their names) for new ones.
     db::run(
         "DELETE FROM auth.mfa_factors WHERE user_id = $1::uuid AND status = 'unverified'
@@ -311,15 +293,7 @@ fn insert_factor(
 
 fn challenge(factor_id: Option<Uuid>, channel: Option<&str>) -> Result<Value> {
     let factor_id = required(factor_id, "factor_id")?.to_string();
-    let channel = match required(channel, "channel")? {
-        "sms" => "sms",
-        "whatsapp" => "whatsapp",
-        _ => {
-            return Err(AuthError::invalid_request(
-                "channel must be sms or whatsapp.",
-            ))
-        }
-    };
+    let channel = outbox::channel(required(channel, "channel")?)?;
     let me = request::current_session()?;
     let cfg = config::load()?;
     let factor = my_factor(&me, &factor_id)?;
@@ -341,12 +315,14 @@ fn start_challenge(
         // Phone challenges are sends like sign-in codes: same lock, cooldown and limits.
         lock_phone(number)?;
         admit_send(cfg, number, ip, channel, true)?;
-        let c = match cfg.test_otp.get(number) {
-            Some(fixed) => fixed.clone(),
-            None => otp::generate_code(cfg.otp_length)?,
-        };
+        let c = outbox::new_code(cfg, number)?;
         let pepper = config::secret("otp_pepper")?;
-        code_hash = Some(otp::hash_code(&pepper, CHALLENGE_PURPOSE, &factor.id, &c));
+        code_hash = Some(otp::hash_code(
+            &pepper,
+            CHALLENGE_PURPOSE,
+            &factor.id,
+            &c.value,
+        ));
         code = Some(c);
     }
     let issued: Issued = db::row_as(
@@ -363,26 +339,24 @@ fn start_challenge(
     )?
     .ok_or_else(|| AuthError::internal("The challenge could not be stored."))?;
     if let (Some(number), Some(code)) = (factor.phone.as_deref(), code) {
-        if !cfg.test_otp.contains_key(number) {
-            let locale = db::row(
-                "SELECT to_jsonb(locale) FROM auth.users WHERE id = $1::uuid",
-                &[db::text(&me.user_id)],
-            )?;
-            let body = template::render(
-                cfg.template_for(locale.as_ref().and_then(Value::as_str)),
-                &code,
-                (cfg.mfa_challenge_ttl + 59) / 60,
-            )?;
-            outbox::queue(&outbox::Message {
+        let locale = db::row(
+            "SELECT to_jsonb(locale) FROM auth.users WHERE id = $1::uuid",
+            &[db::text(&me.user_id)],
+        )?;
+        outbox::queue_code(
+            cfg,
+            &code,
+            &outbox::Message {
                 phone: number,
                 channel,
-                body: &body,
                 captcha_token: None,
                 purpose: CHALLENGE_PURPOSE,
                 user_id: &me.user_id,
+                locale: locale.as_ref().and_then(Value::as_str),
+                ttl_seconds: cfg.mfa_challenge_ttl,
                 expires_at: issued.expires_at.as_str().unwrap_or_default(),
-            })?;
-        }
+            },
+        )?;
     }
     Ok(issued)
 }
@@ -432,7 +406,7 @@ fn verify_challenge(
     ip: Option<&str>,
 ) -> Result<Value> {
     let is_totp = factor.factor_type == "totp";
-    digits_only(
+    otp::check_format(
         code,
         if is_totp {
             factor.digits as usize
@@ -441,7 +415,7 @@ fn verify_challenge(
         },
     )?;
     // One verification at a time per factor, so attempt counts and TOTP steps are exact.
-    lock("factor", &factor.id)?;
+    db::lock("factor", &factor.id)?;
     let factor = my_factor(me, &factor.id)?;
     check_factor_failures(cfg, &me.user_id, &factor.id)?;
     let c: ChallengeRow = db::row_as(
@@ -471,7 +445,7 @@ fn verify_challenge(
         otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
     };
     autonomous::record(&Action::Attempt {
-        audit_id: autonomous::new_audit_id()?,
+        audit_id: otp::random_uuid()?,
         target: Target::Challenge {
             challenge_id: (!made_in_this_call).then(|| c.id.clone()),
             factor_id: factor.id.clone(),
@@ -589,11 +563,7 @@ pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Opt
     if !cfg.mfa_signin_requires_totp || verified_totp_factor(user_id)?.is_none() {
         return Ok(None);
     }
-    let mut raw = [0u8; 16];
-    otp::random_bytes(&mut raw)?;
-    raw[6] = (raw[6] & 0x0f) | 0x40;
-    raw[8] = (raw[8] & 0x3f) | 0x80;
-    let ticket = format_ticket(&Uuid::from_bytes(raw).to_string());
+    let ticket = format_ticket(&otp::random_uuid()?);
     db::run(
         "INSERT INTO auth.mfa_tickets (ticket_hash, user_id, first_amr, ip, expires_at)
          VALUES ($1, $2::uuid,
@@ -624,8 +594,7 @@ struct Ticket {
 fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
     parse_ticket(ticket)?;
     let hash = refresh_token_hash(ticket);
-    let key: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    lock("ticket", &key)?;
+    db::lock("ticket", &db::to_hex(&hash))?;
     let t: Ticket = db::row_as(
         "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
                                    'attempts', t.attempts, 'disabled', u.disabled,
@@ -650,11 +619,7 @@ fn finish_ticket(cfg: &Config, t: &Ticket, method: &str, ip: Option<&str>) -> Re
         return Err(invalid_ticket());
     }
     if t.disabled {
-        return Err(AuthError::new(
-            403,
-            "disabled-user",
-            "This account is disabled.",
-        ));
+        return Err(AuthError::disabled_user());
     }
     db::run(
         "UPDATE auth.users SET last_sign_in_at = now(), updated_at = now() WHERE id = $1::uuid",
@@ -672,13 +637,13 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     let cfg = config::load()?;
     let t = load_ticket(&cfg, ticket)?;
     let factor = verified_totp_factor(&t.user_id)?.ok_or_else(invalid_ticket)?;
-    digits_only(code, factor.digits as usize)?;
-    lock("factor", &factor.id)?;
+    otp::check_format(code, factor.digits as usize)?;
+    db::lock("factor", &factor.id)?;
     check_factor_failures(&cfg, &t.user_id, &factor.id)?;
     let ip = request::client_ip()?;
     let step = factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?;
     autonomous::record(&Action::Attempt {
-        audit_id: autonomous::new_audit_id()?,
+        audit_id: otp::random_uuid()?,
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: Some(factor.id.clone()),
@@ -718,7 +683,7 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
         }
     }
     autonomous::record(&Action::Attempt {
-        audit_id: autonomous::new_audit_id()?,
+        audit_id: otp::random_uuid()?,
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: None,
@@ -761,7 +726,7 @@ fn generate_recovery_codes() -> Result<Value> {
         .iter()
         .map(|c| {
             let h = otp::hash_code(&pepper, RECOVERY_PURPOSE, &me.user_id, &c.replace('-', ""));
-            Value::String(h.iter().map(|b| format!("{b:02x}")).collect())
+            Value::String(db::to_hex(&h))
         })
         .collect();
     db::run(

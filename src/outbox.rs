@@ -4,7 +4,7 @@
 use crate::db;
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
-use pg_otp_auth_core::ratelimit;
+use pg_otp_auth_core::{otp, ratelimit, template};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -109,10 +109,37 @@ pub fn admit_send(
 }
 
 pub fn lock_phone(phone: &str) -> Result<()> {
-    db::run(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:' || $1, 0))",
-        &[db::text(phone)],
-    )
+    db::lock("phone", phone)
+}
+
+pub fn channel(name: &str) -> Result<&'static str> {
+    match name {
+        "sms" => Ok("sms"),
+        "whatsapp" => Ok("whatsapp"),
+        _ => Err(AuthError::invalid_request(
+            "channel must be sms or whatsapp.",
+        )),
+    }
+}
+
+/// The code to send to `phone`: its fixed code if it is a test number (then nothing is sent),
+/// else a fresh random one.
+pub struct Code {
+    pub value: String,
+    pub is_test: bool,
+}
+
+pub fn new_code(cfg: &Config, phone: &str) -> Result<Code> {
+    Ok(match cfg.test_otp.get(phone) {
+        Some(fixed) => Code {
+            value: fixed.clone(),
+            is_test: true,
+        },
+        None => Code {
+            value: otp::generate_code(cfg.otp_length)?,
+            is_test: false,
+        },
+    })
 }
 
 #[derive(Deserialize)]
@@ -124,16 +151,29 @@ pub struct Issued {
 pub struct Message<'a> {
     pub phone: &'a str,
     pub channel: &'a str,
-    pub body: &'a str,
     pub captcha_token: Option<&'a str>,
     pub purpose: &'a str,
     pub user_id: &'a str,
+    /// The recipient's locale, which picks the template.
+    pub locale: Option<&'a str>,
+    /// How long the code lives, for `{{ttl_minutes}}`.
+    pub ttl_seconds: i64,
     /// The code's expiry: the dispatcher must not send the message after it.
     pub expires_at: &'a str,
 }
 
-/// Queues one message; the insert trigger notifies `pg_otp_auth_outbox`.
-pub fn queue(m: &Message) -> Result<Issued> {
+/// Renders `code` into the recipient's template and queues the message, unless the code is a
+/// test number's (never sent). The insert trigger notifies `pg_otp_auth_outbox`.
+pub fn queue_code(cfg: &Config, code: &Code, m: &Message) -> Result<Option<Issued>> {
+    if code.is_test {
+        return Ok(None);
+    }
+    let ttl_minutes = (m.ttl_seconds + 59) / 60;
+    let body = template::render(cfg.template_for(m.locale), &code.value, ttl_minutes)?;
+    queue(m, &body).map(Some)
+}
+
+fn queue(m: &Message, body: &str) -> Result<Issued> {
     db::row_as(
         "INSERT INTO auth.sms_outbox (phone, channel, body, captcha_token, purpose, user_id, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6::uuid, $7::timestamptz)
@@ -141,7 +181,7 @@ pub fn queue(m: &Message) -> Result<Issued> {
         &[
             db::text(m.phone),
             db::text(m.channel),
-            db::text(m.body),
+            db::text(body),
             db::opt_text(m.captcha_token),
             db::text(m.purpose),
             db::text(m.user_id),

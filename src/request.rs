@@ -46,14 +46,15 @@ pub struct CurrentSession {
 /// an expired token's claims are refused.
 pub fn current_session() -> Result<CurrentSession> {
     db::row_as::<CurrentSession>(
-        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal, 'amr', s.amr)
-         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
-         WHERE s.id = CASE WHEN (auth.jwt() ->> 'session_id') ~* '^[0-9a-f-]{36}$'
-                           THEN (auth.jwt() ->> 'session_id')::uuid END
-           AND s.user_id::text = auth.jwt() ->> 'sub'
+        "WITH c AS (SELECT auth.jwt() AS j)
+         SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal, 'amr', s.amr)
+         FROM c, auth.sessions s JOIN auth.users u ON u.id = s.user_id
+         WHERE s.id = CASE WHEN (c.j ->> 'session_id') ~* '^[0-9a-f-]{36}$'
+                           THEN (c.j ->> 'session_id')::uuid END
+           AND s.user_id::text = c.j ->> 'sub'
            AND s.revoked_at IS NULL AND NOT u.disabled
-           AND (auth.jwt() ->> 'exp') ~ '^[0-9]{1,12}$'
-           AND (auth.jwt() ->> 'exp')::bigint > extract(epoch FROM clock_timestamp())",
+           AND (c.j ->> 'exp') ~ '^[0-9]{1,12}$'
+           AND (c.j ->> 'exp')::bigint > extract(epoch FROM clock_timestamp())",
         &[],
     )?
     .ok_or_else(AuthError::not_authenticated)

@@ -1,9 +1,10 @@
 //! Sessions: starting one, issuing tokens, rotating refresh tokens, signing out.
 
 use crate::autonomous::{self, Action};
-use crate::{config, db, request};
+use crate::{audit, config, db, request};
 use pg_otp_auth_core::config::Config;
-use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::error::{required, AuthError, Result};
+use pg_otp_auth_core::otp;
 use pg_otp_auth_core::session::{
     build_claims, new_refresh_token, refresh_token_hash, refresh_token_well_formed, sign_hs256,
     AuthMethod, TokenSettings, TokenSubject,
@@ -135,17 +136,14 @@ struct PresentedToken {
 }
 
 fn refresh(token: Option<&str>) -> Result<Value> {
-    let token = token.ok_or_else(|| AuthError::missing("refresh_token"))?;
+    let token = required(token, "refresh_token")?;
     if !refresh_token_well_formed(token) {
         return Err(AuthError::invalid_refresh_token());
     }
     autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     // Concurrent presentations of one token are judged one at a time (the sibling limit).
-    db::run(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:refresh:' || encode($1, 'hex'), 0))",
-        &[refresh_token_hash(token).into()],
-    )?;
+    db::lock("refresh", &db::to_hex(&refresh_token_hash(token)))?;
     // clock_timestamp(), not now(): a transaction held open from before the rotation must not
     // make a stale token look freshly rotated.
     let t: PresentedToken = db::row_as(
@@ -166,11 +164,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
         return Err(AuthError::invalid_refresh_token());
     }
     if t.disabled {
-        return Err(AuthError::new(
-            403,
-            "disabled-user",
-            "This account is disabled.",
-        ));
+        return Err(AuthError::disabled_user());
     }
     if let Some(age) = t.rotated_age {
         // Inside the grace period (two tabs refreshing at once) one sibling token is issued;
@@ -179,7 +173,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
             return issue(&cfg, &t.session_id, Some(&t.id));
         }
         autonomous::record(&Action::RefreshTokenReused {
-            audit_id: autonomous::new_audit_id()?,
+            audit_id: otp::random_uuid()?,
             token_id: t.id.clone(),
             ip: request::client_ip()?,
         })?;
@@ -202,7 +196,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
 }
 
 fn sign_out(scope: Option<&str>) -> Result<Value> {
-    let scope = scope.ok_or_else(|| AuthError::missing("scope"))?;
+    let scope = required(scope, "scope")?;
     if !matches!(scope, "local" | "global" | "others") {
         return Err(AuthError::invalid_request(
             "scope must be local, global or others.",
@@ -221,15 +215,12 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
             db::text(scope),
         ],
     )?;
-    db::run(
-        "INSERT INTO auth.audit_log (event, user_id, ip, detail)
-         VALUES ('sign_out', $1::uuid, $2::inet, jsonb_build_object('scope', $3::text, 'session_id', $4::text))",
-        &[
-            db::text(&current.user_id),
-            db::opt_text(request::client_ip()?.as_deref()),
-            db::text(scope),
-            db::text(&current.session_id),
-        ],
+    audit::record(
+        "sign_out",
+        Some(&current.user_id),
+        None,
+        request::client_ip()?.as_deref(),
+        json!({"scope": scope, "session_id": current.session_id}),
     )?;
     Ok(Value::Null)
 }

@@ -1,12 +1,12 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, admit_send, lock_phone, Issued};
-use crate::{config, db, request, session};
+use crate::outbox::{self, admit_send, channel, lock_phone, Issued};
+use crate::{audit, config, db, request, session};
 use pg_otp_auth_core::config::Config;
-use pg_otp_auth_core::error::{AuthError, Result};
+use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::profile::{self, Policy, Profile};
-use pg_otp_auth_core::{otp, phone, ratelimit, template};
+use pg_otp_auth_core::{otp, phone, ratelimit};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
@@ -29,20 +29,6 @@ fn policy(cfg: &Config) -> Policy<'_> {
         allowed_locales: &cfg.allowed_locales,
         default_locale: &cfg.default_locale,
         allowed_redirect_prefixes: &cfg.allowed_redirect_prefixes,
-    }
-}
-
-fn required<T>(v: Option<T>, name: &str) -> Result<T> {
-    v.ok_or_else(|| AuthError::missing(name))
-}
-
-fn channel(c: &str) -> Result<&'static str> {
-    match c {
-        "sms" => Ok("sms"),
-        "whatsapp" => Ok("whatsapp"),
-        _ => Err(AuthError::invalid_request(
-            "channel must be sms or whatsapp.",
-        )),
     }
 }
 
@@ -80,15 +66,8 @@ fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<UserRef> {
         ],
     )?
     .ok_or_else(|| AuthError::internal("The user could not be created."))?;
-    audit("user_created", Some(&user.id), Some(phone), ip)?;
+    audit::record("user_created", Some(&user.id), Some(phone), ip, json!({}))?;
     Ok(user)
-}
-
-fn audit(event: &str, user_id: Option<&str>, phone: Option<&str>, ip: Option<&str>) -> Result<()> {
-    db::run(
-        "INSERT INTO auth.audit_log (event, user_id, phone, ip) VALUES ($1, $2::uuid, $3, $4::inet)",
-        &[db::text(event), db::opt_text(user_id), db::opt_text(phone), db::opt_text(ip)],
-    )
 }
 
 /// Issues a code for `phone` and queues its message, or (for `user == None`) answers the same
@@ -121,11 +100,7 @@ fn deliver(
          WHERE phone = $1 AND purpose = $2 AND status = 'queued'",
         &[db::text(phone), db::text(PURPOSE)],
     )?;
-    let test_code = cfg.test_otp.get(phone);
-    let code = match test_code {
-        Some(c) => c.clone(),
-        None => otp::generate_code(cfg.otp_length)?,
-    };
+    let code = outbox::new_code(cfg, phone)?;
     let pepper = config::secret("otp_pepper")?;
     let issued: Issued = db::row_as(
         "INSERT INTO auth.otp_codes (user_id, purpose, subject, code_hash, expires_at)
@@ -135,27 +110,27 @@ fn deliver(
             db::text(&user.id),
             db::text(PURPOSE),
             db::text(phone),
-            otp::hash_code(&pepper, PURPOSE, phone, &code).into(),
+            otp::hash_code(&pepper, PURPOSE, phone, &code.value).into(),
             cfg.otp_ttl.into(),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
-    if test_code.is_some() {
-        // Test numbers are for development: the fixed code is known, nothing is sent.
-        return Ok(answer(issued));
-    }
-    let ttl_minutes = (cfg.otp_ttl + 59) / 60;
-    let body = template::render(cfg.template_for(Some(&user.locale)), &code, ttl_minutes)?;
-    let message = outbox::queue(&outbox::Message {
-        phone,
-        channel,
-        body: &body,
-        captcha_token,
-        purpose: PURPOSE,
-        user_id: &user.id,
-        expires_at: issued.expires_at.as_str().unwrap_or_default(),
-    })?;
-    Ok(answer(message))
+    let message = outbox::queue_code(
+        cfg,
+        &code,
+        &outbox::Message {
+            phone,
+            channel,
+            captcha_token,
+            purpose: PURPOSE,
+            user_id: &user.id,
+            locale: Some(&user.locale),
+            ttl_seconds: cfg.otp_ttl,
+            expires_at: issued.expires_at.as_str().unwrap_or_default(),
+        },
+    )?;
+    // A test number's code is stored but never sent; the answer has the same shape.
+    Ok(answer(message.unwrap_or(issued)))
 }
 
 fn send_sms_otp(
@@ -304,7 +279,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     // Every attempt is recorded before the answer, with or without a usable code: the two cases
     // then cost the same (no registration oracle in the timing) and fail closed alike.
     autonomous::record(&Action::Attempt {
-        audit_id: autonomous::new_audit_id()?,
+        audit_id: otp::random_uuid()?,
         target: Target::Code {
             code_id: live.as_ref().map(|c| c.id.clone()),
             phone: phone.clone(),
@@ -329,28 +304,27 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     )?
     .and_then(|v| v.as_str().map(str::to_string))
     .ok_or_else(AuthError::invalid_otp)?;
-    let disabled = db::row(
-        "SELECT to_jsonb(disabled) FROM auth.users WHERE id = $1::uuid",
-        &[db::text(&user_id)],
-    )?;
-    if disabled != Some(Value::Bool(false)) {
-        return Err(AuthError::new(
-            403,
-            "disabled-user",
-            "This account is disabled.",
-        ));
-    }
-    db::run(
+    let signed_in = db::row(
         "UPDATE auth.users SET phone_confirmed_at = coalesce(phone_confirmed_at, now()),
                                last_sign_in_at = now(), updated_at = now()
-         WHERE id = $1::uuid",
+         WHERE id = $1::uuid AND NOT disabled
+         RETURNING to_jsonb(true)",
         &[db::text(&user_id)],
     )?;
+    if signed_in.is_none() {
+        return Err(AuthError::disabled_user());
+    }
     if let Some(mfa) = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())? {
         return Ok(json!({"session": null, "mfa": mfa}));
     }
     let session = session::start(&cfg, &user_id, "sms", ip.as_deref())?;
-    audit("sign_in", Some(&user_id), Some(&phone), ip.as_deref())?;
+    audit::record(
+        "sign_in",
+        Some(&user_id),
+        Some(&phone),
+        ip.as_deref(),
+        json!({}),
+    )?;
     Ok(json!({"session": session, "mfa": null}))
 }
 

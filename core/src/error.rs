@@ -45,6 +45,10 @@ impl AuthError {
         Self::new(401, "invalid-otp", "The code is invalid or has expired.")
     }
 
+    pub fn disabled_user() -> Self {
+        Self::new(403, "disabled-user", "This account is disabled.")
+    }
+
     pub fn not_authenticated() -> Self {
         Self::new(
             401,
@@ -88,6 +92,11 @@ impl std::error::Error for AuthError {}
 
 pub type Result<T> = std::result::Result<T, AuthError>;
 
+/// A SQL argument that must not be NULL.
+pub fn required<T>(value: Option<T>, argument: &str) -> Result<T> {
+    value.ok_or_else(|| AuthError::missing(argument))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +108,14 @@ mod tests {
         assert_eq!(v["error"]["status"], 429);
         assert_eq!(v["error"]["code"], "over-sms-send-rate-limit");
         assert_eq!(v["error"]["hint"], "retry after 42 seconds");
+    }
+
+    #[test]
+    fn required_names_the_missing_argument() {
+        assert_eq!(required(Some(1), "x"), Ok(1));
+        let e = required::<i32>(None, "phone").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid-request"));
+        assert!(e.message.contains("phone"));
     }
 
     #[test]

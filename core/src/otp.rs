@@ -19,6 +19,28 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     getrandom::getrandom(buf).map_err(|_| AuthError::internal("The random source is unavailable."))
 }
 
+/// A random (version 4) UUID in canonical text form.
+pub fn random_uuid() -> Result<String> {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(uuid_text(&b))
+}
+
+/// 16 bytes as a UUID in canonical text form.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// A uniformly random string of `length` decimal digits.
 pub fn generate_code(length: usize) -> Result<String> {
     if !(MIN_LENGTH..=MAX_LENGTH).contains(&length) {
@@ -109,6 +131,15 @@ mod tests {
         b.sort();
         b.dedup();
         assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn random_uuids_are_version_4_and_distinct() {
+        let a = random_uuid().unwrap();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!("89ab".contains(&a[19..20]), "{a}");
+        assert_ne!(a, random_uuid().unwrap());
     }
 
     #[test]
