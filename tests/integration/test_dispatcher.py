@@ -441,16 +441,17 @@ def test_postgres_restart_under_a_running_dispatcher(ddb):
     fake.close()
 
 
-def test_sigterm_finishes_in_flight_sends_and_exits_zero(ddb):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_in_flight_sends_and_exits_zero(ddb, sig):
     fake = Fake(lambda r: (200, {}, 1.5))
     [mid] = queue(ddb)
     d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
                    "--http-timeout-seconds", "5", "--lease-seconds", "15")
     wait_until(lambda: len(fake.requests) == 1, what="send in flight")
-    code, out, err = d.stop(signal.SIGTERM)
+    code, out, err = d.stop(sig)
     assert code == 0, err
     assert statuses(ddb)[mid][0] == "sent"
-    assert "SIGTERM" in err and "finishing in-flight" in err
+    assert f"{sig.name} received" in err and "finishing in-flight" in err
     # Stopped claiming: a message queued now stays queued.
     [later] = queue(ddb, start=5)
     assert statuses(ddb)[later][0] == "queued"

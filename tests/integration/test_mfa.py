@@ -490,6 +490,7 @@ def test_mfa_bad_input_writes_nothing(db, fn, args, status, code):
     ("signin_mfa_recovery_code", dict(ticket="TICKET", code=None), 400, "invalid-request"),
     ("signin_mfa_recovery_code", dict(ticket="TICKET", code="short"), 400, "invalid-request"),
     ("signin_mfa_recovery_code", dict(ticket=None, code="abcde-abcde"), 400, "invalid-request"),
+    ("signin_mfa_recovery_code", dict(ticket="mfaTotp:nonsense", code="abcde-abcde"), 401, "invalid-ticket"),
 ])
 def test_ticket_bad_input_writes_nothing(db, fn, args, status, code):
     User(db).activate_totp()
