@@ -136,6 +136,9 @@ def test_new_code_invalidates_the_previous_one(db):
     first = db.last_code(PHONE)
     db.rpc("send_sms_otp", phone=PHONE)
     second = db.last_code(PHONE)
+    # The earlier code is dead whatever its digits (two random codes may coincide).
+    assert db.q("SELECT invalidated_at IS NOT NULL FROM auth.otp_codes WHERE subject = %s ORDER BY created_at",
+                PHONE) == [(True,), (False,)]
     if first != second:
         with raises_auth(401, "invalid-otp"):
             db.rpc("verify_sms_otp", phone=PHONE, otp=first)
@@ -189,6 +192,9 @@ def test_resend(db):
     assert set(r) == {"message_id", "phone", "channel", "expires_at"} and r["channel"] == "whatsapp"
     assert len(db.outbox(PHONE)) == 2
     second = db.last_code(PHONE)
+    # The earlier code is dead whatever its digits (two random codes may coincide).
+    assert db.q("SELECT invalidated_at IS NOT NULL FROM auth.otp_codes WHERE subject = %s ORDER BY created_at",
+                PHONE) == [(True,), (False,)]
     if first != second:
         with raises_auth(401, "invalid-otp"):
             db.rpc("verify_sms_otp", phone=PHONE, otp=first)
