@@ -46,6 +46,9 @@ fi
 
 log "building and installing the extension"
 (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
+# Released install scripts (upgrade tests start from them) and upgrade scripts; cargo pgrx
+# install copies only the latter.
+install -m 644 "$ROOT"/sql/pg_otp_auth--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
 log "building the dispatcher (target/debug/pg-otp-dispatcher)"
 (cd "$ROOT" && cargo build -q -p pg-otp-dispatcher)

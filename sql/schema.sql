@@ -188,6 +188,9 @@ CREATE TABLE auth.mfa_factors (
     CHECK ((factor_type = 'phone') = (phone IS NOT NULL))
 );
 CREATE INDEX mfa_factors_user ON auth.mfa_factors (user_id);
+-- At most one verified TOTP factor per user: sign-in tickets are judged against it.
+CREATE UNIQUE INDEX mfa_factors_one_verified_totp ON auth.mfa_factors (user_id)
+    WHERE factor_type = 'totp' AND status = 'verified';
 
 -- One verification attempt of a factor. Phone challenges hold the keyed hash of the code sent.
 CREATE TABLE auth.mfa_challenges (

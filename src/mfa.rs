@@ -32,6 +32,18 @@ fn invalid_totp() -> AuthError {
     AuthError::new(401, "invalid-totp", "The code is invalid or has expired.")
 }
 
+fn insufficient_aal(message: &str) -> AuthError {
+    AuthError::new(403, "insufficient-aal", message)
+}
+
+fn totp_already_active() -> AuthError {
+    AuthError::new(
+        409,
+        "totp-already-active",
+        "A TOTP factor is already active.",
+    )
+}
+
 fn invalid_ticket() -> AuthError {
     AuthError::new(
         401,
@@ -221,10 +233,8 @@ fn enroll(
     )?
     .ok_or_else(AuthError::not_authenticated)?;
     // Otherwise a stolen aal1 session could add its own factor and verify its way to aal2.
-    if e.any_verified && me.aal != "aal2" {
-        return Err(AuthError::new(
-            403,
-            "insufficient-aal",
+    if e.any_verified && !me.is_aal2() {
+        return Err(insufficient_aal(
             "Adding a factor when one is verified needs an aal2 session.",
         ));
     }
@@ -244,11 +254,7 @@ fn enroll(
     }
     let answer = if factor_type == "totp" {
         if e.totp_active {
-            return Err(AuthError::new(
-                409,
-                "totp-already-active",
-                "A TOTP factor is already active.",
-            ));
+            return Err(totp_already_active());
         }
         let mut secret = [0u8; TOTP_SECRET_BYTES];
         otp::random_bytes(&mut secret)?;
@@ -297,6 +303,10 @@ fn challenge(factor_id: Option<Uuid>, channel: Option<&str>) -> Result<Value> {
     let me = request::current_session()?;
     let cfg = config::load()?;
     let factor = my_factor(&me, &factor_id)?;
+    if factor.status != "verified" {
+        // Refused before a code is sent: the caller could not use it.
+        check_setup_allowed(&me, &factor)?;
+    }
     let ip = request::client_ip()?;
     let issued = start_challenge(&cfg, &me, &factor, channel, ip.as_deref())?;
     Ok(json!({"id": issued.id, "type": factor.factor_type, "expires_at": issued.expires_at}))
@@ -414,9 +424,17 @@ fn verify_challenge(
             cfg.otp_length
         },
     )?;
-    // One verification at a time per factor, so attempt counts and TOTP steps are exact.
+    // One verification at a time per factor, so attempt counts and TOTP steps are exact. A
+    // factor's setup is also serialised per user, as enrollment is: it depends on the others.
+    if factor.status != "verified" {
+        db::lock("user", &me.user_id)?;
+    }
     db::lock("factor", &factor.id)?;
     let factor = my_factor(me, &factor.id)?;
+    let completes_setup = factor.status != "verified";
+    if completes_setup {
+        check_setup_allowed(me, &factor)?;
+    }
     check_factor_failures(cfg, &me.user_id, &factor.id)?;
     let c: ChallengeRow = db::row_as(
         "SELECT jsonb_build_object('id', id, 'session_id', session_id,
@@ -464,11 +482,64 @@ fn verify_challenge(
     if consumed.is_none() || (is_totp && !consume_totp_step(&factor.id, step)?) {
         return Err(wrong());
     }
-    db::run(
-        "UPDATE auth.mfa_factors SET status = 'verified', updated_at = now() WHERE id = $1::uuid",
-        &[db::text(&factor.id)],
+    if completes_setup {
+        // Enrollments left unverified (perhaps planted by another session) cannot outlive setup.
+        db::run(
+            "UPDATE auth.mfa_factors SET status = 'verified', updated_at = now() WHERE id = $1::uuid",
+            &[db::text(&factor.id)],
+        )?;
+        db::run(
+            "DELETE FROM auth.mfa_factors
+             WHERE user_id = $1::uuid AND status = 'unverified' AND id <> $2::uuid",
+            &[db::text(&me.user_id), db::text(&factor.id)],
+        )?;
+    }
+    let raised = raise_to_aal2(me, if is_totp { "totp" } else { "mfa/phone" })?;
+    audit(
+        "mfa_verified",
+        &me.user_id,
+        ip,
+        json!({"factor_id": factor.id, "factor_type": factor.factor_type,
+               "completed_setup": completes_setup, "sessions_revoked": raised}),
     )?;
-    let method = if is_totp { "totp" } else { "mfa/phone" };
+    session::issue(cfg, &me.session_id, None)
+}
+
+/// Verifying a factor that is not verified yet completes its setup. Beside a verified factor
+/// that adds a second one, which only aal2 may do (as in enroll): otherwise a factor planted by
+/// an aal1 session before MFA was set up would later raise that session to aal2. And at most one
+/// TOTP factor is verified per user (the schema holds this too).
+fn check_setup_allowed(me: &CurrentSession, factor: &Factor) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Verified {
+        any: bool,
+        totp: bool,
+    }
+    let v: Verified = db::row_as(
+        "SELECT jsonb_build_object(
+             'any', EXISTS (SELECT 1 FROM auth.mfa_factors
+                            WHERE user_id = $1::uuid AND status = 'verified'),
+             'totp', EXISTS (SELECT 1 FROM auth.mfa_factors
+                             WHERE user_id = $1::uuid AND status = 'verified' AND factor_type = 'totp'))",
+        &[db::text(&me.user_id)],
+    )?
+    .ok_or_else(|| AuthError::internal("The factors could not be read."))?;
+    if v.any && !me.is_aal2() {
+        return Err(insufficient_aal(
+            "Verifying a new factor when one is verified needs an aal2 session.",
+        ));
+    }
+    if factor.factor_type == "totp" && v.totp {
+        return Err(totp_already_active());
+    }
+    Ok(())
+}
+
+/// Raises the caller's session to aal2 after a second factor passed. Every credential issued
+/// before the rise is replaced, as GoTrue does: the session's earlier refresh tokens are deleted
+/// (only the one issued next is valid, so a token stolen at aal1 never mints aal2 access tokens)
+/// and the user's other sessions below aal2 are revoked. Returns how many sessions were revoked.
+fn raise_to_aal2(me: &CurrentSession, method: &str) -> Result<i64> {
     db::run(
         "UPDATE auth.sessions SET aal = 'aal2',
              amr = amr || jsonb_build_array(jsonb_build_object(
@@ -476,13 +547,23 @@ fn verify_challenge(
          WHERE id = $1::uuid",
         &[db::text(&me.session_id), db::text(method)],
     )?;
-    audit(
-        "mfa_verified",
-        &me.user_id,
-        ip,
-        json!({"factor_id": factor.id, "factor_type": factor.factor_type}),
+    if me.aal == "aal2" {
+        return Ok(0);
+    }
+    db::run(
+        "DELETE FROM auth.refresh_tokens WHERE session_id = $1::uuid",
+        &[db::text(&me.session_id)],
     )?;
-    session::issue(cfg, &me.session_id, None)
+    Ok(db::row(
+        "WITH r AS (
+             UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'mfa_upgrade'
+             WHERE user_id = $1::uuid AND id <> $2::uuid AND aal <> 'aal2' AND revoked_at IS NULL
+             RETURNING 1)
+         SELECT to_jsonb(count(*)) FROM r",
+        &[db::text(&me.user_id), db::text(&me.session_id)],
+    )?
+    .and_then(|v| v.as_i64())
+    .unwrap_or(0))
 }
 
 fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<Value> {
@@ -507,10 +588,8 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
     let factor_id = required(factor_id, "factor_id")?.to_string();
     let me = request::current_session()?;
     let factor = my_factor(&me, &factor_id)?;
-    if factor.status == "verified" && me.aal != "aal2" {
-        return Err(AuthError::new(
-            403,
-            "insufficient-aal",
+    if factor.status == "verified" && !me.is_aal2() {
+        return Err(insufficient_aal(
             "Removing a verified factor needs an aal2 session.",
         ));
     }
@@ -551,9 +630,10 @@ fn assurance_level() -> Result<Value> {
                                  WHERE user_id = $1::uuid AND status = 'verified'))",
         &[db::text(&me.user_id)],
     )? == Some(Value::Bool(true));
+    let current = me.effective_aal();
     Ok(json!({
-        "current_level": me.aal,
-        "next_level": if has_verified { "aal2" } else { me.aal.as_str() },
+        "current_level": current,
+        "next_level": if has_verified { "aal2" } else { current },
         "current_authentication_methods": me.amr,
     }))
 }
@@ -713,12 +793,8 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
 
 fn generate_recovery_codes() -> Result<Value> {
     let me = request::current_session()?;
-    if me.aal != "aal2" {
-        return Err(AuthError::new(
-            403,
-            "insufficient-aal",
-            "Recovery codes need an aal2 session.",
-        ));
+    if !me.is_aal2() {
+        return Err(insufficient_aal("Recovery codes need an aal2 session."));
     }
     let pepper = config::secret("otp_pepper")?;
     let codes = new_recovery_codes()?;

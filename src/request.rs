@@ -36,8 +36,28 @@ fn pick_ip(forwarded_for: Option<&str>, peer: Option<&str>) -> Option<String> {
 pub struct CurrentSession {
     pub user_id: String,
     pub session_id: String,
+    /// The session row's level: raised by an MFA verification.
     pub aal: String,
+    /// The presented access token's `aal` claim: what the credential in hand was issued for.
+    pub claim_aal: Option<String>,
     pub amr: serde_json::Value,
+}
+
+impl CurrentSession {
+    /// aal2 needs both the session and the token in hand to be aal2: an aal1 token issued
+    /// before the session was raised stays an aal1 credential.
+    pub fn is_aal2(&self) -> bool {
+        self.aal == "aal2" && self.claim_aal.as_deref() == Some("aal2")
+    }
+
+    /// The level the caller acts at: the lower of the session's and the token's.
+    pub fn effective_aal(&self) -> &'static str {
+        if self.is_aal2() {
+            "aal2"
+        } else {
+            "aal1"
+        }
+    }
 }
 
 /// The caller's session: the `sub` and `session_id` claims must name a live session of that
@@ -47,7 +67,8 @@ pub struct CurrentSession {
 pub fn current_session() -> Result<CurrentSession> {
     db::row_as::<CurrentSession>(
         "WITH c AS (SELECT auth.jwt() AS j)
-         SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal, 'amr', s.amr)
+         SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal,
+                                  'claim_aal', c.j ->> 'aal', 'amr', s.amr)
          FROM c, auth.sessions s JOIN auth.users u ON u.id = s.user_id
          WHERE s.id = CASE WHEN (c.j ->> 'session_id') ~* '^[0-9a-f-]{36}$'
                            THEN (c.j ->> 'session_id')::uuid END

@@ -1,6 +1,6 @@
 //! Captcha verification (hCaptcha or Cloudflare Turnstile siteverify).
 
-use crate::provider::Failure;
+use crate::provider::{describe, redirect_refused, Failure};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -24,10 +24,11 @@ impl Captcha {
             .form(&[("secret", self.secret.as_str()), ("response", token)])
             .send()
             .await
-            .map_err(|e| {
-                Failure::transient(format!("captcha verification failed: {}", e.without_url()))
-            })?;
+            .map_err(|e| Failure::transient(format!("captcha verification: {}", describe(e))))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(redirect_refused("captcha verification", status));
+        }
         if status == 429 || status >= 500 {
             return Err(Failure::transient(format!(
                 "captcha verification: HTTP {status}"

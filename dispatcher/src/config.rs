@@ -118,6 +118,10 @@ pub struct Args {
     /// Address of the /metrics (Prometheus) and /health endpoints; "off" disables them.
     #[arg(long, env = "OTP_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
+    /// Allow plain http:// provider, webhook and captcha URLs. For local testing only: over
+    /// http the credentials, phone numbers and codes cross the network unencrypted.
+    #[arg(long, env = "OTP_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
     /// Log output format.
     #[arg(long, env = "OTP_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -145,11 +149,26 @@ fn need(v: &Option<String>, flag: &str, provider: &str) -> Result<String, String
     }
 }
 
-fn base_url(given: &Option<String>, default: &str) -> Result<String, String> {
+/// A provider, webhook or captcha URL: https, or http with --allow-insecure-http. Errors name
+/// the flag, never the URL (it may carry a token).
+fn endpoint(
+    given: &Option<String>,
+    default: &str,
+    flag: &str,
+    allow_http: bool,
+) -> Result<String, String> {
     let url = given.clone().unwrap_or_else(|| default.to_string());
-    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("invalid base URL {url}: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("base URL {url} must be http or https"));
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("--{flag} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(format!(
+                "--{flag} is http://; credentials and codes would cross the network unencrypted \
+                 (use https, or --allow-insecure-http for local testing)"
+            ))
+        }
+        _ => return Err(format!("--{flag} must be an https URL")),
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -169,7 +188,12 @@ impl Args {
                     return Err("--from or --twilio-messaging-service-sid is required for --provider twilio".into());
                 }
                 Provider::Twilio {
-                    base_url: base_url(&self.provider_base_url, "https://api.twilio.com")?,
+                    base_url: endpoint(
+                        &self.provider_base_url,
+                        "https://api.twilio.com",
+                        "provider-base-url",
+                        self.allow_insecure_http,
+                    )?,
                     account_sid: need(&self.twilio_account_sid, "twilio-account-sid", "twilio")?,
                     auth_token: need(&self.twilio_auth_token, "twilio-auth-token", "twilio")?,
                     from: self.from.clone(),
@@ -177,7 +201,12 @@ impl Args {
                 }
             }
             ProviderKind::Messagebird => Provider::MessageBird {
-                base_url: base_url(&self.provider_base_url, "https://rest.messagebird.com")?,
+                base_url: endpoint(
+                    &self.provider_base_url,
+                    "https://rest.messagebird.com",
+                    "provider-base-url",
+                    self.allow_insecure_http,
+                )?,
                 access_key: need(
                     &self.messagebird_access_key,
                     "messagebird-access-key",
@@ -186,20 +215,31 @@ impl Args {
                 originator: need(&self.from, "from", "messagebird")?,
             },
             ProviderKind::Vonage => Provider::Vonage {
-                base_url: base_url(&self.provider_base_url, "https://rest.nexmo.com")?,
+                base_url: endpoint(
+                    &self.provider_base_url,
+                    "https://rest.nexmo.com",
+                    "provider-base-url",
+                    self.allow_insecure_http,
+                )?,
                 api_key: need(&self.vonage_api_key, "vonage-api-key", "vonage")?,
                 api_secret: need(&self.vonage_api_secret, "vonage-api-secret", "vonage")?,
                 from: need(&self.from, "from", "vonage")?,
             },
             ProviderKind::Textlocal => Provider::Textlocal {
-                base_url: base_url(&self.provider_base_url, "https://api.txtlocal.com")?,
+                base_url: endpoint(
+                    &self.provider_base_url,
+                    "https://api.txtlocal.com",
+                    "provider-base-url",
+                    self.allow_insecure_http,
+                )?,
                 api_key: need(&self.textlocal_api_key, "textlocal-api-key", "textlocal")?,
                 sender: need(&self.from, "from", "textlocal")?,
             },
             ProviderKind::Webhook => Provider::Webhook {
-                url: base_url(&self.webhook_url, "").map_err(|_| {
-                    "--webhook-url is required for --provider webhook (http or https)".to_string()
-                })?,
+                url: match &self.webhook_url {
+                    None => return Err("--webhook-url is required for --provider webhook".into()),
+                    url => endpoint(url, "", "webhook-url", self.allow_insecure_http)?,
+                },
                 secret: webhook::Secret::parse(&need(
                     &self.webhook_secret,
                     "webhook-secret",
@@ -223,7 +263,15 @@ impl Args {
                     ),
                 };
                 Some(Captcha {
-                    verify_url: format!("{}{path}", base_url(&self.captcha_base_url, default)?),
+                    verify_url: format!(
+                        "{}{path}",
+                        endpoint(
+                            &self.captcha_base_url,
+                            default,
+                            "captcha-base-url",
+                            self.allow_insecure_http
+                        )?
+                    ),
                     secret,
                 })
             }
@@ -320,7 +368,7 @@ mod tests {
             "--provider",
             "webhook",
             "--webhook-url",
-            "http://127.0.0.1:1/x"
+            "https://127.0.0.1:1/x"
         ])
         .unwrap_err()
         .contains("--webhook-secret"));
@@ -328,7 +376,7 @@ mod tests {
             "--provider",
             "webhook",
             "--webhook-url",
-            "http://127.0.0.1:1/x",
+            "https://127.0.0.1:1/x",
             "--webhook-secret",
             "nope"
         ])
@@ -363,6 +411,64 @@ mod tests {
         ])
         .is_err());
         assert!(parse(&["--provider", "sms-o-matic"]).is_err());
+    }
+
+    #[test]
+    fn plain_http_needs_the_flag_and_errors_never_echo_the_url() {
+        let vonage = |url: &'static str, extra: &[&'static str]| {
+            let mut argv = vec![
+                "--provider",
+                "vonage",
+                "--vonage-api-key",
+                "k",
+                "--vonage-api-secret",
+                "s",
+                "--from",
+                "Acme",
+                "--provider-base-url",
+                url,
+            ];
+            argv.extend_from_slice(extra);
+            parse(&argv)
+        };
+        let e = vonage("http://127.0.0.1:1/sms?token=s3cret", &[]).unwrap_err();
+        assert!(
+            e.contains("--allow-insecure-http") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(vonage(
+            "http://127.0.0.1:1/sms?token=s3cret",
+            &["--allow-insecure-http"]
+        )
+        .is_ok());
+        assert!(vonage("https://127.0.0.1:1/sms", &[]).is_ok());
+        let e = vonage("not a url s3cret", &[]).unwrap_err();
+        assert!(
+            e.contains("--provider-base-url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let e = parse(&[
+            "--provider",
+            "webhook",
+            "--webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "--webhook-url",
+            "http://hooks.example/x",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--webhook-url"), "{e}");
+        let e = parse(&[
+            "--provider",
+            "log",
+            "--captcha-provider",
+            "hcaptcha",
+            "--captcha-secret",
+            "c",
+            "--captcha-base-url",
+            "http://captcha.example",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--captcha-base-url"), "{e}");
     }
 
     #[test]

@@ -32,8 +32,11 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let store = Store::new(&cfg.database_url, cfg.concurrency + 2)?;
+    // No redirects: following one would re-send credentials, the phone and the code to
+    // whichever host the answer names, and take that host's answer as delivery.
     let http = reqwest::Client::builder()
         .user_agent(concat!("pg-otp-dispatcher/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {

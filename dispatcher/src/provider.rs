@@ -102,6 +102,43 @@ fn http_class(status: u16, what: &str) -> Failure {
     }
 }
 
+/// A redirect is never followed (the client has no redirect policy): the request, with its
+/// credentials and code, was meant for the configured host only. Retrying would get the same
+/// answer, so the message is dead at once.
+pub fn redirect_refused(what: &str, status: u16) -> Failure {
+    Failure::permanent(format!(
+        "{what}: HTTP {status} redirect refused (redirects are never followed; configure the final URL)"
+    ))
+}
+
+/// A request error without its URL (which may carry a token in its query string or path) and
+/// with its underlying cause, for logs and the outbox's last_error.
+pub fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    without_urls(&out)
+}
+
+/// Replaces anything shaped like a URL, in case a lower layer names one.
+pub fn without_urls(text: &str) -> String {
+    text.split(' ')
+        .map(|word| if word.contains("://") { "<url>" } else { word })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
@@ -387,20 +424,20 @@ impl Provider {
             Body::Form(f) => b.form(f),
             Body::Json(j) => b.json(j),
         };
-        let resp = b.send().await.map_err(|e| {
-            Failure::transient(format!(
-                "{}: {}",
-                self.name(),
-                if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("request failed: {e}")
-                }
-            ))
-        })?;
+        let resp = b
+            .send()
+            .await
+            .map_err(|e| Failure::transient(format!("{}: {}", self.name(), describe(e))))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            return Err(redirect_refused(self.name(), status));
+        }
         let text = resp.text().await.map_err(|e| {
-            Failure::transient(format!("{}: reading the answer failed: {e}", self.name()))
+            Failure::transient(format!(
+                "{}: reading the answer failed: {}",
+                self.name(),
+                describe(e)
+            ))
         })?;
         self.interpret(m, status, &text)
     }
@@ -435,6 +472,17 @@ mod tests {
             from: Some("+15559990000".into()),
             messaging_service_sid: None,
         }
+    }
+
+    #[test]
+    fn urls_are_scrubbed_from_error_text() {
+        assert_eq!(
+            without_urls("error for url (http://h/otp?token=s3cret) here"),
+            "error for url <url> here"
+        );
+        assert_eq!(without_urls("connection refused"), "connection refused");
+        let f = redirect_refused("vonage", 307);
+        assert!(!f.retryable && f.message.contains("HTTP 307 redirect refused"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 class Fake:
     """A provider (or captcha verifier) on 127.0.0.1 that records requests and answers with
-    `respond(request) -> (status, body, delay_seconds)`."""
+    `respond(request) -> (status, body, delay_seconds[, headers])`."""
 
     def __init__(self, respond):
         self.requests = []
@@ -38,7 +38,7 @@ class Fake:
                 req = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
                 with fake.lock:
                     fake.requests.append(req)
-                status, out, delay = respond(req)
+                status, out, delay, *extra = respond(req)
                 if delay:
                     time.sleep(delay)
                 data = out.encode() if isinstance(out, str) else json.dumps(out).encode()
@@ -46,6 +46,8 @@ class Fake:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for k, v in (extra[0] if extra else {}).items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -82,8 +84,9 @@ def free_port():
 class Dispatcher:
     def __init__(self, db, *args, env=None, poll="0.2"):
         self.metrics_port = free_port()
+        # The fake providers are plain http on 127.0.0.1, which needs the local-testing flag.
         argv = [BIN, "--database-url", f"host=127.0.0.1 port={os.environ['PGPORT']} user=otp_dispatcher dbname={db.name}",
-                "--poll-seconds", poll, "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *args]
+                "--poll-seconds", poll, "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--allow-insecure-http", *args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, OTP_LOG="info", **(env or {})))
 
@@ -537,7 +540,7 @@ def test_help_and_bad_configuration():
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "three times --http-timeout-seconds" in bad.stderr
     bad = subprocess.run([BIN, "--database-url", "host=127.0.0.1", "--provider", "webhook",
-                          "--webhook-url", "http://127.0.0.1:1", "--webhook-secret", "plain"], capture_output=True, text=True)
+                          "--webhook-url", "https://127.0.0.1:1", "--webhook-secret", "plain"], capture_output=True, text=True)
     assert bad.returncode == 2 and "whsec_" in bad.stderr
 
 
