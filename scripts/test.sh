@@ -21,6 +21,9 @@ PGRX_TEST_DIR="$(mktemp -d /tmp/pg_otp_auth-pgtest-XXXXXX)"
 chown postgres:postgres "$PGRX_TEST_DIR"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DIR/data"
 rm -rf "$PGRX_TEST_DIR"
+# cargo pgrx test installed a build with the #[pg_test] functions; the integration suite (and the
+# schema comparison of its upgrade test) runs against the extension as shipped.
+bash scripts/setup.sh
 
 export DISPATCHER_BIN="$ROOT/target/debug/pg-otp-dispatcher"
 
