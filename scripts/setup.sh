@@ -50,5 +50,20 @@ log "building and installing the extension"
 # install copies only the latter.
 install -m 644 "$ROOT"/sql/pg_otp_auth--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 
+# The 0.1.0 library exactly as released, for the upgrade test: built once from its commit and
+# kept outside the work tree, so fresh clones on this machine reuse it.
+RELEASED_0_1_0=f3bd8b02fd65c0347087a03ec6c497ce2ef31549
+OLD_LIBRARY="${PG_OTP_AUTH_0_1_0_LIBRARY:-$HOME/.cache/pg_otp_auth/pg_otp_auth-0.1.0.so}"
+if [ ! -f "$OLD_LIBRARY" ]; then
+    log "building the released 0.1.0 library for the upgrade test (once)"
+    src="$(mktemp -d /tmp/pg_otp_auth-0.1.0-XXXXXX)"
+    git -C "$ROOT" archive "$RELEASED_0_1_0" | tar -x -C "$src"
+    (cd "$src" && CARGO_TARGET_DIR="$HOME/.cache/pg_otp_auth/target" cargo build -q --lib -p pg_otp_auth)
+    mkdir -p "$(dirname "$OLD_LIBRARY")"
+    cp "$HOME/.cache/pg_otp_auth/target/debug/libpg_otp_auth.so" "$OLD_LIBRARY.tmp"
+    mv "$OLD_LIBRARY.tmp" "$OLD_LIBRARY"
+    rm -rf "$src"
+fi
+
 log "building the dispatcher (target/debug/pg-otp-dispatcher)"
 (cd "$ROOT" && cargo build -q -p pg-otp-dispatcher)

@@ -338,8 +338,8 @@ END
 $$;
 
 -- Deletes what can no longer be used: dead codes, expired refresh tokens, sessions that can no
--- longer be refreshed, rate-limit events older than any window, and finished outbox messages.
--- Returns counts.
+-- longer be refreshed, rate-limit events and counters older than any window, and finished
+-- outbox messages. Returns counts.
 CREATE FUNCTION auth.purge_expired(older_than interval DEFAULT '1 day') RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -349,6 +349,7 @@ DECLARE
     n_sessions bigint;
     n_events bigint;
     n_messages bigint;
+    n_counters bigint;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'older_than must be a non-negative interval.',
@@ -369,11 +370,13 @@ BEGIN
     GET DIAGNOSTICS n_sessions = ROW_COUNT;
     DELETE FROM auth.send_events WHERE created_at < now() - interval '30 days' - older_than;
     GET DIAGNOSTICS n_events = ROW_COUNT;
+    DELETE FROM auth.rate_counters WHERE last_at < now() - interval '30 days' - older_than;
+    GET DIAGNOSTICS n_counters = ROW_COUNT;
     DELETE FROM auth.sms_outbox WHERE status IN ('sent', 'dead', 'expired') AND updated_at < cutoff;
     GET DIAGNOSTICS n_messages = ROW_COUNT;
     RETURN jsonb_build_object('otp_codes', n_codes, 'refresh_tokens', n_tokens,
                               'sessions', n_sessions, 'send_events', n_events,
-                              'sms_outbox', n_messages);
+                              'rate_counters', n_counters, 'sms_outbox', n_messages);
 END
 $$;
 

@@ -6,7 +6,9 @@
 -- One verified TOTP factor per user. 0.1.0 let a factor planted by an aal1 session be verified
 -- beside the owner's; such a planted factor was created before the owner's (it had to exist
 -- before MFA was set up), so the newest verified TOTP factor stays verified and the older ones
--- go back to unverified, with an audit row each for the DBA to review.
+-- go back to unverified, with an audit row each for the DBA to review. The user's sessions end
+-- (one of them may be the attacker's, raised to aal2 by the planted factor); the owner signs in
+-- again with their own factor.
 WITH ranked AS (
     SELECT id, user_id,
            row_number() OVER (PARTITION BY user_id ORDER BY created_at DESC, id DESC) AS n
@@ -14,7 +16,10 @@ WITH ranked AS (
 demoted AS (
     UPDATE auth.mfa_factors f SET status = 'unverified', updated_at = now()
     FROM ranked r WHERE r.id = f.id AND r.n > 1
-    RETURNING f.id, f.user_id)
+    RETURNING f.id, f.user_id),
+revoked AS (
+    UPDATE auth.sessions s SET revoked_at = now(), revoked_reason = 'mfa_repair'
+    WHERE s.revoked_at IS NULL AND s.user_id IN (SELECT user_id FROM demoted))
 INSERT INTO auth.audit_log (event, user_id, detail)
 SELECT 'mfa_factor_demoted', user_id,
        jsonb_build_object('factor_id', id, 'reason', 'a second verified TOTP factor (upgrade to 0.2.0)')
@@ -25,10 +30,89 @@ CREATE UNIQUE INDEX mfa_factors_one_verified_totp ON auth.mfa_factors (user_id)
 
 -- 0.1.0 kept a session's aal1 refresh tokens valid after the session rose to aal2, so each of
 -- them minted aal2 access tokens. 0.2.0 deletes them at the rise; here the same is done for
--- sessions that rose before the upgrade: tokens issued before the session's last second factor.
-DELETE FROM auth.refresh_tokens r
-USING auth.sessions s
-WHERE r.session_id = s.id AND s.aal = 'aal2'
-  AND r.created_at < (SELECT to_timestamp(max((m ->> 'timestamp')::bigint))
-                      FROM jsonb_array_elements(s.amr) m
-                      WHERE m ->> 'method' IN ('totp', 'mfa/phone'));
+-- sessions that rose before the upgrade. A session's refresh tokens without a parent are issued
+-- at sign-in and at each rise, so the newest of them marks the last rise: every token issued
+-- before it goes, and so do the tokens rotated from those (even after the rise).
+WITH RECURSIVE rise AS (
+    SELECT r.session_id, max(r.created_at) AS at
+    FROM auth.refresh_tokens r JOIN auth.sessions s ON s.id = r.session_id
+    WHERE s.aal = 'aal2' AND r.parent_id IS NULL
+    GROUP BY r.session_id),
+stale AS (
+    SELECT r.id FROM auth.refresh_tokens r JOIN rise ON rise.session_id = r.session_id
+    WHERE r.created_at < rise.at
+    UNION
+    SELECT c.id FROM auth.refresh_tokens c JOIN stale ON c.parent_id = stale.id)
+DELETE FROM auth.refresh_tokens WHERE id IN (SELECT id FROM stale);
+
+-- Per-IP limits and the hourly budget move from reading their own history (up to
+-- sms_budget_per_hour rows per send) to bucketed counters read in a fixed number of rows. The
+-- counters are seeded from that history below, so every limit stays in force across the upgrade.
+CREATE TABLE auth.rate_counters (
+    key          text NOT NULL,
+    bucket_start timestamptz NOT NULL,
+    shard        smallint NOT NULL,
+    hits         integer NOT NULL,
+    last_at      timestamptz NOT NULL,
+    PRIMARY KEY (key, bucket_start, shard)
+);
+REVOKE ALL ON auth.rate_counters FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('auth.rate_counters', '');
+INSERT INTO auth.rate_counters (key, bucket_start, shard, hits, last_at)
+SELECT 'send_ip:' || host(ip), to_timestamp(floor(extract(epoch FROM created_at) / 60) * 60), 0,
+       count(*), max(created_at)
+FROM auth.send_events WHERE ip IS NOT NULL AND created_at > now() - interval '30 days'
+GROUP BY 1, 2
+UNION ALL
+SELECT 'budget', to_timestamp(floor(extract(epoch FROM created_at) / 900) * 900), 0,
+       count(*), max(created_at)
+FROM auth.send_events WHERE queued AND created_at > now() - interval '1 hour'
+GROUP BY 1, 2
+UNION ALL
+SELECT 'verify_ip:' || host(ip), to_timestamp(floor(extract(epoch FROM created_at) / 300) * 300), 0,
+       count(*), max(created_at)
+FROM auth.audit_log
+WHERE event = 'verify_failed' AND ip IS NOT NULL AND created_at > now() - interval '1 day'
+GROUP BY 1, 2;
+DROP INDEX auth.send_events_ip;
+DROP INDEX auth.send_events_queued;
+
+CREATE OR REPLACE FUNCTION auth.purge_expired(older_than interval DEFAULT '1 day') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cutoff timestamptz := now() - older_than;
+    n_codes bigint;
+    n_tokens bigint;
+    n_sessions bigint;
+    n_events bigint;
+    n_messages bigint;
+    n_counters bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'older_than must be a non-negative interval.',
+            DETAIL = 'invalid-request';
+    END IF;
+    DELETE FROM auth.otp_codes
+    WHERE expires_at < cutoff OR consumed_at < cutoff OR invalidated_at < cutoff;
+    GET DIAGNOSTICS n_codes = ROW_COUNT;
+    DELETE FROM auth.refresh_tokens WHERE expires_at < cutoff;
+    GET DIAGNOSTICS n_tokens = ROW_COUNT;
+    DELETE FROM auth.mfa_challenges WHERE expires_at < cutoff;
+    DELETE FROM auth.mfa_tickets WHERE expires_at < cutoff;
+    DELETE FROM auth.sessions s
+    WHERE s.revoked_at < cutoff
+       OR (s.created_at < cutoff
+           AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens r
+                           WHERE r.session_id = s.id AND r.expires_at >= now()));
+    GET DIAGNOSTICS n_sessions = ROW_COUNT;
+    DELETE FROM auth.send_events WHERE created_at < now() - interval '30 days' - older_than;
+    GET DIAGNOSTICS n_events = ROW_COUNT;
+    DELETE FROM auth.rate_counters WHERE last_at < now() - interval '30 days' - older_than;
+    GET DIAGNOSTICS n_counters = ROW_COUNT;
+    DELETE FROM auth.sms_outbox WHERE status IN ('sent', 'dead', 'expired') AND updated_at < cutoff;
+    GET DIAGNOSTICS n_messages = ROW_COUNT;
+    RETURN jsonb_build_object('otp_codes', n_codes, 'refresh_tokens', n_tokens,
+                              'sessions', n_sessions, 'send_events', n_events,
+                              'rate_counters', n_counters, 'sms_outbox', n_messages);
+END
+$$;

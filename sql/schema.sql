@@ -139,9 +139,10 @@ $$;
 CREATE TRIGGER sms_outbox_notify AFTER INSERT ON auth.sms_outbox
     FOR EACH ROW EXECUTE FUNCTION auth._sms_outbox_notify();
 
--- Every code request, for the rate limits. queued is false for requests that sent nothing
--- (unknown phones), which still count against the per-phone and per-IP limits so that limits
--- do not reveal whether a phone is registered.
+-- Every code request: the per-phone cooldown and limit read a phone's own recent rows (exact,
+-- and never more rows than the limit). queued is false for requests that sent nothing (unknown
+-- phones), which still count against the per-phone and per-IP limits so that limits do not
+-- reveal whether a phone is registered.
 CREATE TABLE auth.send_events (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     phone      text NOT NULL,
@@ -151,8 +152,20 @@ CREATE TABLE auth.send_events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX send_events_phone ON auth.send_events (phone, created_at);
-CREATE INDEX send_events_ip ON auth.send_events (ip, created_at) WHERE ip IS NOT NULL;
-CREATE INDEX send_events_queued ON auth.send_events (created_at) WHERE queued;
+
+-- Rate-limit counters for the per-IP limits and the install's hourly budget: events per key,
+-- time bucket and shard, so that a check reads a fixed number of rows whatever the limit and
+-- however much history there is, and concurrent writers of one key (the budget, a busy address)
+-- spread over shards instead of queueing on one row. last_at, a bucket's latest event, keeps
+-- the limits strict: a bucket's events count until its latest one leaves the window.
+CREATE TABLE auth.rate_counters (
+    key          text NOT NULL,
+    bucket_start timestamptz NOT NULL,
+    shard        smallint NOT NULL,
+    hits         integer NOT NULL,
+    last_at      timestamptz NOT NULL,
+    PRIMARY KEY (key, bucket_start, shard)
+);
 
 CREATE TABLE auth.audit_log (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -241,6 +254,7 @@ SELECT pg_catalog.pg_extension_config_dump('auth.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.refresh_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.sms_outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.send_events', '');
+SELECT pg_catalog.pg_extension_config_dump('auth.rate_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.mfa_factors', '');
 SELECT pg_catalog.pg_extension_config_dump('auth.mfa_challenges', '');

@@ -8,9 +8,13 @@
 //! (row ids, phone, IP), all re-validated by casts in fixed statements.
 //!
 //! Every judged attempt is recorded *before* its verdict is revealed, and the caller checks
-//! that the record was committed (by the audit row id it chose). If it was not (no worker slot,
-//! a lock timeout), the call fails closed with the same answer whatever the verdict, so an
-//! unrecorded guess teaches nothing.
+//! that a failure's record was committed (by the audit row id it chose). If it was not (no
+//! worker slot, a lock timeout), the call fails closed, so an unrecorded guess teaches nothing.
+//!
+//! A right answer needs no worker: its attempt is written by the same statement in the caller's
+//! own transaction, and commits together with what it grants (the code consumed, the session).
+//! If that transaction rolls back, nothing was granted and the right code stays usable, which
+//! teaches an attacker nothing they did not already know.
 
 use crate::db;
 use pg_otp_auth_core::error::{AuthError, Result};
@@ -127,7 +131,7 @@ impl Action {
         }
     }
 
-    fn decode(s: &str) -> Option<Action> {
+    pub(crate) fn decode(s: &str) -> Option<Action> {
         let parts: Vec<&str> = s.split(SEP).collect();
         let ip = |p: &str| (!p.is_empty()).then(|| p.to_string());
         let opt = |p: &str| {
@@ -190,9 +194,24 @@ fn unavailable() -> AuthError {
 /// Performs `action` in its own committed transaction, waits for it, and confirms that it was
 /// committed. Err (PT503) if it was not: the caller must then not reveal its verdict.
 pub fn record(action: &Action) -> Result<()> {
+    if let Action::Attempt { failed: false, .. } = action {
+        let (sql, args) = statement(action);
+        return db::run(sql, &args);
+    }
     let payload = action.encode();
     if payload.len() > MAX_PAYLOAD {
         return Err(AuthError::internal("autonomous write payload too long"));
+    }
+    // The preloaded recorder answers only after its commit.
+    match crate::recorder::submit(&payload) {
+        Some(true) => return Ok(()),
+        Some(false) => {
+            warning!(
+                "pg_otp_auth: an attempt could not be recorded (the recorder failed or timed out)"
+            );
+            return Err(unavailable());
+        }
+        None => {}
     }
     let dboid = unsafe { pg_sys::MyDatabaseId };
     let mut done = false;
@@ -263,93 +282,116 @@ pub extern "C-unwind" fn pg_otp_auth_autonomous_main(arg: pg_sys::Datum) {
         // Bounded so that a stuck lock cannot hang the waiting caller for long.
         Spi::run("SET LOCAL lock_timeout = '5s'").expect("SET lock_timeout");
         Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").expect("SET search_path");
-        match action {
-            Action::Attempt {
-                audit_id,
-                target,
-                failed,
-                ip,
-            } => {
-                let (sql, a, b) = match target {
-                    Target::Code { code_id, phone } => (
-                        "WITH c AS (
-                             UPDATE auth.otp_codes SET attempts = attempts + 1 WHERE id = $3::uuid
-                             RETURNING user_id, purpose, attempts)
-                         INSERT INTO auth.audit_log (id, event, user_id, phone, ip, detail)
-                         SELECT $1::uuid, CASE WHEN $2 THEN 'verify_failed' ELSE 'verify_attempt' END,
-                                c.user_id, $4, $5::inet,
-                                jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
-                         FROM c
-                         UNION ALL
-                         SELECT $1::uuid, 'verify_failed', NULL, $4, $5::inet,
-                                jsonb_build_object('no_live_code', true)
-                         WHERE NOT EXISTS (SELECT 1 FROM c)",
-                        code_id,
-                        Some(phone),
-                    ),
-                    Target::Challenge { challenge_id, factor_id } => (
-                        "WITH c AS (
-                             UPDATE auth.mfa_challenges SET attempts = attempts + 1
-                             WHERE id = $3::uuid RETURNING attempts)
-                         INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
-                         SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_verify_failed' ELSE 'mfa_verify_attempt' END,
-                                f.user_id, $5::inet,
-                                jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
-                                                   'challenge_id', $3::uuid,
-                                                   'attempts', (SELECT attempts FROM c))
-                         FROM auth.mfa_factors f WHERE f.id = $4::uuid",
-                        challenge_id,
-                        Some(factor_id),
-                    ),
-                    Target::Ticket { ticket_id, factor_id } => (
-                        "WITH t AS (
-                             UPDATE auth.mfa_tickets SET attempts = attempts + 1
-                             WHERE id = $3::uuid RETURNING id, user_id, attempts)
-                         INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
-                         SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_signin_failed' ELSE 'mfa_signin_attempt' END,
-                                t.user_id, $5::inet,
-                                jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
-                                                   'factor_id', $4::uuid)
-                         FROM t",
-                        Some(ticket_id),
-                        factor_id,
-                    ),
-                };
-                let args: [DatumWithOid; 5] = [
+        perform(&action);
+    });
+}
+
+/// Performs `action` in the current transaction (of a worker or the recorder).
+pub(crate) fn perform(action: &Action) {
+    let (sql, args) = statement(action);
+    Spi::run_with_args(sql, &args).expect("autonomous write");
+}
+
+/// The one fixed statement that performs `action`, with its arguments.
+fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
+    match action.clone() {
+        Action::Attempt {
+            audit_id,
+            target,
+            failed,
+            ip,
+        } => {
+            let (sql, a, b) = match target {
+                Target::Code { code_id, phone } => (
+                    "WITH c AS (
+                         UPDATE auth.otp_codes SET attempts = attempts + 1 WHERE id = $3::uuid
+                         RETURNING user_id, purpose, attempts),
+                     ip AS (
+                         INSERT INTO auth.rate_counters AS r (key, bucket_start, shard, hits, last_at)
+                         SELECT 'verify_ip:' || host($5::inet),
+                                to_timestamp(floor(extract(epoch FROM clock_timestamp()) / 300) * 300),
+                                0, 1, clock_timestamp()
+                         WHERE $2 AND $5 IS NOT NULL
+                         ON CONFLICT (key, bucket_start, shard)
+                         DO UPDATE SET hits = r.hits + 1, last_at = greatest(r.last_at, excluded.last_at))
+                     INSERT INTO auth.audit_log (id, event, user_id, phone, ip, detail)
+                     SELECT $1::uuid, CASE WHEN $2 THEN 'verify_failed' ELSE 'verify_attempt' END,
+                            c.user_id, $4, $5::inet,
+                            jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
+                     FROM c
+                     UNION ALL
+                     SELECT $1::uuid, 'verify_failed', NULL, $4, $5::inet,
+                            jsonb_build_object('no_live_code', true)
+                     WHERE NOT EXISTS (SELECT 1 FROM c)",
+                    code_id,
+                    Some(phone),
+                ),
+                Target::Challenge {
+                    challenge_id,
+                    factor_id,
+                } => (
+                    "WITH c AS (
+                         UPDATE auth.mfa_challenges SET attempts = attempts + 1
+                         WHERE id = $3::uuid RETURNING attempts)
+                     INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+                     SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_verify_failed' ELSE 'mfa_verify_attempt' END,
+                            f.user_id, $5::inet,
+                            jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
+                                               'challenge_id', $3::uuid,
+                                               'attempts', (SELECT attempts FROM c))
+                     FROM auth.mfa_factors f WHERE f.id = $4::uuid",
+                    challenge_id,
+                    Some(factor_id),
+                ),
+                Target::Ticket {
+                    ticket_id,
+                    factor_id,
+                } => (
+                    "WITH t AS (
+                         UPDATE auth.mfa_tickets SET attempts = attempts + 1
+                         WHERE id = $3::uuid RETURNING id, user_id, attempts)
+                     INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+                     SELECT $1::uuid, CASE WHEN $2 THEN 'mfa_signin_failed' ELSE 'mfa_signin_attempt' END,
+                            t.user_id, $5::inet,
+                            jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
+                                               'factor_id', $4::uuid)
+                     FROM t",
+                    Some(ticket_id),
+                    factor_id,
+                ),
+            };
+            (
+                sql,
+                vec![
                     audit_id.into(),
                     failed.into(),
                     a.into(),
                     b.into(),
                     ip.into(),
-                ];
-                Spi::run_with_args(sql, &args).expect("record attempt");
-            }
-            Action::RefreshTokenReused {
-                audit_id,
-                token_id,
-                ip,
-            } => {
-                let args: [DatumWithOid; 3] = [audit_id.into(), token_id.into(), ip.into()];
-                Spi::run_with_args(
-                    "WITH s AS (
-                         UPDATE auth.sessions SET revoked_at = clock_timestamp(),
-                                                  revoked_reason = 'refresh_token_reused'
-                         WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $2::uuid)
-                           AND revoked_at IS NULL
-                         RETURNING id, user_id)
-                     INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
-                     SELECT $1::uuid, 'refresh_token_reused',
-                            (SELECT s.user_id FROM auth.sessions s JOIN auth.refresh_tokens r
-                                 ON r.session_id = s.id WHERE r.id = $2::uuid),
-                            $3::inet,
-                            jsonb_build_object('refresh_token_id', $2::uuid,
-                                               'revoked_now', EXISTS (SELECT 1 FROM s))",
-                    &args,
-                )
-                .expect("revoke reused session");
-            }
+                ],
+            )
         }
-    });
+        Action::RefreshTokenReused {
+            audit_id,
+            token_id,
+            ip,
+        } => (
+            "WITH s AS (
+                 UPDATE auth.sessions SET revoked_at = clock_timestamp(),
+                                          revoked_reason = 'refresh_token_reused'
+                 WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $2::uuid)
+                   AND revoked_at IS NULL
+                 RETURNING id, user_id)
+             INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+             SELECT $1::uuid, 'refresh_token_reused',
+                    (SELECT s.user_id FROM auth.sessions s JOIN auth.refresh_tokens r
+                         ON r.session_id = s.id WHERE r.id = $2::uuid),
+                    $3::inet,
+                    jsonb_build_object('refresh_token_id', $2::uuid,
+                                       'revoked_now', EXISTS (SELECT 1 FROM s))",
+            vec![audit_id.into(), token_id.into(), ip.into()],
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +463,23 @@ mod tests {
         }
         assert_eq!(Action::decode("drop_table|x"), None);
         assert_eq!(Action::decode("r|notbase64!|x|"), None);
+    }
+
+    #[test]
+    fn failed_verifications_feed_the_per_ip_counter_the_limit_reads() {
+        use crate::outbox::VERIFY_IP;
+        let (sql, _) = statement(&Action::Attempt {
+            audit_id: A.into(),
+            target: Target::Code {
+                code_id: None,
+                phone: "+15550001111".into(),
+            },
+            failed: true,
+            ip: None,
+        });
+        assert!(sql.contains(&VERIFY_IP.key_sql(Some("host($5::inet)"))));
+        assert!(sql.contains(&format!("/ {0}) * {0}", VERIFY_IP.bucket_seconds)));
+        assert_eq!(VERIFY_IP.shards, 1);
     }
 
     #[test]

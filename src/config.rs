@@ -16,7 +16,35 @@ fn overrides() -> Result<Map<String, Value>> {
 }
 
 pub fn load() -> Result<Config> {
+    require_schema_of_this_library()?;
     Config::from_overrides(&overrides()?)
+}
+
+/// After a new library is installed, databases still have the old version's schema until
+/// `ALTER EXTENSION pg_otp_auth UPDATE`; calls then fail with this clear error instead of a
+/// missing table. Checked until it matches once per backend (versions only go up).
+fn require_schema_of_this_library() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MATCHED: AtomicBool = AtomicBool::new(false);
+    if MATCHED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let installed = db::read_row(
+        "SELECT to_jsonb(extversion) FROM pg_catalog.pg_extension WHERE extname = 'pg_otp_auth'",
+        &[],
+    )?;
+    let library = env!("CARGO_PKG_VERSION");
+    if installed.as_ref().and_then(Value::as_str) == Some(library) {
+        MATCHED.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(AuthError::new(
+        503,
+        "update-required",
+        format!(
+            "The pg_otp_auth library is version {library}; run ALTER EXTENSION pg_otp_auth UPDATE in this database."
+        ),
+    ))
 }
 
 pub fn secret(name: &str) -> Result<Vec<u8>> {

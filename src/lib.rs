@@ -17,11 +17,17 @@ mod db;
 mod dispatch;
 mod mfa;
 mod outbox;
+mod recorder;
 mod request;
 mod session;
 mod signin;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    recorder::init();
+}
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 /// The tagged result the SQL wrappers unwrap (and raise from).

@@ -12,14 +12,74 @@ use serde_json::Value;
 struct Usage {
     phone: Vec<f64>,
     last: Option<f64>,
-    ip: Vec<f64>,
-    global: Vec<f64>,
+    ip: Vec<(f64, i64)>,
+    global: Vec<(f64, i64)>,
+}
+
+/// A family of rate counters in auth.rate_counters: the key's prefix, the bucket width, and how
+/// many shards concurrent writers spread over (each backend writes its own).
+pub struct Counter {
+    pub prefix: &'static str,
+    pub bucket_seconds: i64,
+    pub shards: i32,
+}
+
+/// Code requests per client IP.
+pub const SEND_IP: Counter = Counter {
+    prefix: "send_ip:",
+    bucket_seconds: 60,
+    shards: 4,
+};
+/// Messages queued by the whole install (the hourly budget).
+pub const BUDGET: Counter = Counter {
+    prefix: "budget",
+    bucket_seconds: 900,
+    shards: 8,
+};
+/// Failed code verifications per client IP, written by the attempt recorder (one writer).
+pub const VERIFY_IP: Counter = Counter {
+    prefix: "verify_ip:",
+    bucket_seconds: 300,
+    shards: 1,
+};
+
+impl Counter {
+    /// The SQL of the key: the prefix, followed by the text of `suffix` (an SQL expression).
+    pub fn key_sql(&self, suffix: Option<&str>) -> String {
+        match suffix {
+            Some(e) => format!("'{}' || {e}", self.prefix),
+            None => format!("'{}'", self.prefix),
+        }
+    }
+
+    /// A jsonb expression: `[[age of the bucket's latest event, events], …]`, oldest first, for
+    /// the buckets of the key still inside a window of `window` seconds ending at `now`. Reads at
+    /// most (window / bucket_seconds + 1) x shards rows.
+    pub fn buckets_sql(&self, suffix: Option<&str>, window: &str, now: &str) -> String {
+        format!(
+            "(SELECT coalesce(jsonb_agg(jsonb_build_array(a, n) ORDER BY a DESC), '[]') FROM (
+                 SELECT extract(epoch FROM {now} - max(last_at))::float8 a, sum(hits)::bigint n
+                 FROM auth.rate_counters
+                 WHERE key = {key}
+                   AND bucket_start > {now} - make_interval(secs => {window} + {width})
+                   AND last_at > {now} - make_interval(secs => {window})
+                 GROUP BY bucket_start) x)",
+            key = self.key_sql(suffix),
+            width = self.bucket_seconds
+        )
+    }
+
+    /// This backend's shard.
+    pub fn shard(&self) -> i32 {
+        (unsafe { pgrx::pg_sys::MyProcPid }).rem_euclid(self.shards)
+    }
 }
 
 /// Applies the cooldown and the per-phone, per-IP and global limits, then records this request.
 ///
-/// Sends for one phone are serialised by an advisory lock so that concurrent requests cannot
-/// all slip under the limit; per-IP and global limits are approximate under concurrency.
+/// Sends for one phone are serialised by an advisory lock, so the per-phone limit is exact. The
+/// per-IP limit and the global budget are read from bucketed counters (a fixed number of rows)
+/// and are approximate only under concurrency.
 pub fn admit_send(
     cfg: &Config,
     phone: &str,
@@ -28,30 +88,25 @@ pub fn admit_send(
     will_queue: bool,
 ) -> Result<()> {
     let u: Usage = db::row_as(
-        "SELECT jsonb_build_object(
-            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
-                ORDER BY created_at DESC LIMIT $3) x),
-            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
-                     FROM auth.send_events WHERE phone = $1),
-            'ip', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE $4::inet IS NOT NULL AND ip = $4::inet
-                  AND created_at > now() - make_interval(secs => $5)
-                ORDER BY created_at DESC LIMIT $6) x),
-            'global', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                WHERE queued AND created_at > now() - interval '1 hour'
-                ORDER BY created_at DESC LIMIT $7) x))",
+        &format!(
+            "SELECT jsonb_build_object(
+                'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                    SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                    WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
+                    ORDER BY created_at DESC LIMIT $3) x),
+                'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
+                         FROM auth.send_events WHERE phone = $1),
+                'ip', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {ip} END,
+                'global', {global})",
+            ip = SEND_IP.buckets_sql(Some("host($4::inet)"), "$5", "now()"),
+            global = BUDGET.buckets_sql(None, "3600", "now()"),
+        ),
         &[
             db::text(phone),
             cfg.sms_rate_per_phone_window.into(),
             cfg.sms_rate_per_phone.into(),
             db::opt_text(ip),
             cfg.sms_rate_per_ip_window.into(),
-            cfg.sms_rate_per_ip.into(),
-            cfg.sms_budget_per_hour.into(),
         ],
     )?
     .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
@@ -76,7 +131,7 @@ pub fn admit_send(
         ));
     }
     if ip.is_some() {
-        if let Some(s) = ratelimit::sliding_window_retry_after(
+        if let Some(s) = ratelimit::bucketed_retry_after(
             &u.ip,
             cfg.sms_rate_per_ip,
             cfg.sms_rate_per_ip_window as f64,
@@ -88,9 +143,7 @@ pub fn admit_send(
             ));
         }
     }
-    if let Some(s) =
-        ratelimit::sliding_window_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0)
-    {
+    if let Some(s) = ratelimit::bucketed_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0) {
         return Err(AuthError::rate_limited(
             "over-sms-send-rate-limit",
             "The service has sent too many messages; try again later.",
@@ -98,12 +151,29 @@ pub fn admit_send(
         ));
     }
     db::run(
-        "INSERT INTO auth.send_events (phone, ip, channel, queued) VALUES ($1, $2::inet, $3, $4)",
+        &format!(
+            "WITH e AS (
+                 INSERT INTO auth.send_events (phone, ip, channel, queued)
+                 VALUES ($1, $2::inet, $3, $4))
+             INSERT INTO auth.rate_counters AS r (key, bucket_start, shard, hits, last_at)
+             SELECT k, to_timestamp(floor(extract(epoch FROM now()) / w) * w), s, 1, now()
+             FROM (VALUES ({ip_key}, {ip_width}, $5), ({budget_key}, {budget_width}, $6))
+                  AS v (k, w, s)
+             WHERE k IS NOT NULL AND (k <> {budget_key} OR $4)
+             ON CONFLICT (key, bucket_start, shard)
+             DO UPDATE SET hits = r.hits + 1, last_at = greatest(r.last_at, excluded.last_at)",
+            ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
+            budget_key = BUDGET.key_sql(None),
+            ip_width = SEND_IP.bucket_seconds,
+            budget_width = BUDGET.bucket_seconds,
+        ),
         &[
             db::text(phone),
             db::opt_text(ip),
             db::text(channel),
             will_queue.into(),
+            SEND_IP.shard().into(),
+            BUDGET.shard().into(),
         ],
     )
 }

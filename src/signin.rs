@@ -1,7 +1,7 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, admit_send, channel, lock_phone, Issued};
+use crate::outbox::{self, admit_send, channel, lock_phone, Issued, VERIFY_IP};
 use crate::{audit, config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
@@ -214,23 +214,20 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
 
 /// The per-IP limit on verification attempts, counted from the attempts already recorded (so
 /// it binds although each failed call rolls back).
+/// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
+/// failures are counted by the attempt recorder in auth.rate_counters (see autonomous).
 fn admit_verify(cfg: &Config, ip: Option<&str>) -> Result<()> {
     let Some(ip) = ip else { return Ok(()) };
-    let ages: Vec<f64> = db::row_as(
-        "SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 a FROM auth.audit_log
-             WHERE ip = $1::inet AND event IN ('verify_failed', 'verify_attempt')
-               AND created_at > clock_timestamp() - make_interval(secs => $2)
-             ORDER BY created_at DESC LIMIT $3) x",
-        &[
-            db::text(ip),
-            cfg.verify_rate_per_ip_window.into(),
-            cfg.verify_rate_per_ip.into(),
-        ],
+    let buckets: Vec<(f64, i64)> = db::row_as(
+        &format!(
+            "SELECT {}",
+            VERIFY_IP.buckets_sql(Some("host($1::inet)"), "$2", "clock_timestamp()")
+        ),
+        &[db::text(ip), cfg.verify_rate_per_ip_window.into()],
     )?
     .unwrap_or_default();
-    match ratelimit::sliding_window_retry_after(
-        &ages,
+    match ratelimit::bucketed_retry_after(
+        &buckets,
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
     ) {

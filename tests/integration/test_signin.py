@@ -1,8 +1,11 @@
 """Phone sign-in: send a code, verify it, get a session."""
 
 import re
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
+import psycopg
 import pytest
 
 from conftest import raises_auth, run_concurrently
@@ -343,23 +346,41 @@ def test_expiry_uses_the_clock_not_the_transaction_start(db):
 
 
 def test_an_attempt_that_cannot_be_recorded_fails_closed(db):
-    """If the attempt worker cannot commit (here: the audit table is locked past its 5 s lock
-    timeout), neither a wrong nor the right code gets a verdict: both answer PT503, so an
-    unrecorded guess teaches nothing. Once the worker can record again, the code works."""
+    """If the attempt recorder cannot commit a wrong guess (here: the audit table is locked past
+    its 5 s lock timeout), the guess gets no verdict: PT503, so an unrecorded guess teaches
+    nothing. The right code is recorded in the caller's own transaction, together with what it
+    grants: it waits for the lock, and its verdict comes only with its record."""
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
     wrong = "000000" if code != "000000" else "111111"
     blocker = db.connect()
-    with blocker.transaction():
-        blocker.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
-        for guess in (wrong, code):
-            with raises_auth(503, "temporarily-unavailable") as exc:
-                db.rpc("verify_sms_otp", phone=PHONE, otp=guess)
-            assert exc.value.diag.message_hint.startswith("retry after")
-    blocker.close()
+    blocker.execute("BEGIN")
+    blocker.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
+    with raises_auth(503, "temporarily-unavailable") as exc:
+        db.rpc("verify_sms_otp", phone=PHONE, otp=wrong)
+    assert exc.value.diag.message_hint.startswith("retry after")
     assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 0
+    # A right code under a statement timeout shorter than the lock: no verdict, nothing granted.
+    with db.connect() as c:
+        c.execute("SET statement_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=code, conn=c)
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
-    assert db.rpc("verify_sms_otp", phone=PHONE, otp=code)["session"]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(s=db.rpc("verify_sms_otp", phone=PHONE, otp=code)))
+    t.start()
+    deadline = time.monotonic() + 30
+    while not db.one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND query LIKE '%%verify_sms_otp%%'"):
+        assert time.monotonic() < deadline, "the right code did not wait for the audit lock"
+        time.sleep(0.05)
+    assert db.one("SELECT count(*) FROM auth.sessions") == 0
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    t.join(30)
+    assert result["s"]["session"]
+    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 1
+    assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_attempt'") == 1
 
 
 def test_attempts_without_a_live_code_are_recorded_too(db):

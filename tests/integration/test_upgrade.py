@@ -1,12 +1,14 @@
 """Upgrades that keep every user: 0.1.0, installed from the script it was released with
-(sql/pg_otp_auth--0.1.0.sql), populated, then `ALTER EXTENSION pg_otp_auth UPDATE`.
+(sql/pg_otp_auth--0.1.0.sql) and populated by the 0.1.0 library itself (built from its commit by
+scripts/setup.sh), then the new library is installed and `ALTER EXTENSION pg_otp_auth UPDATE`
+runs, as a package upgrade does it.
 
 pg_dump writes an extension's member objects as one `CREATE EXTENSION` line, so the schema
 comparison reads the catalogs instead: every member object with its definition, privileges,
 options and `pg_extension_config_dump` registration."""
 
-import base64
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -19,6 +21,29 @@ from test_dispatcher import BIN, wait_until
 from test_mfa import User, oathtool
 
 OLD, NEW = "0.1.0", "0.2.0"
+OLD_LIBRARY = os.environ.get("PG_OTP_AUTH_0_1_0_LIBRARY",
+                             os.path.expanduser("~/.cache/pg_otp_auth/pg_otp_auth-0.1.0.so"))
+LIBDIR = subprocess.check_output(["/usr/lib/postgresql/15/bin/pg_config", "--pkglibdir"], text=True).strip()
+INSTALLED = os.path.join(LIBDIR, "pg_otp_auth.so")
+
+
+@pytest.fixture
+def released_library(tmp_path):
+    """Installs the 0.1.0 library in place of the new one (new backends load it); calling the
+    fixture's value puts the new one back, as a package upgrade does, and so does the teardown."""
+    assert os.path.exists(OLD_LIBRARY), "scripts/setup.sh builds the released 0.1.0 library"
+    new = tmp_path / "new.so"
+    shutil.copy2(INSTALLED, new)
+
+    def install(path):
+        shutil.copy2(path, INSTALLED + ".swap")
+        os.replace(INSTALLED + ".swap", INSTALLED)  # running backends keep their mapping
+
+    install(OLD_LIBRARY)
+    try:
+        yield lambda: install(new)
+    finally:
+        install(new)
 
 
 @pytest.fixture
@@ -124,7 +149,7 @@ def test_the_released_script_is_kept_and_the_update_path_is_declared(make_db):
     assert old.one("SELECT default_version FROM pg_available_extensions WHERE name = 'pg_otp_auth'") == NEW
 
 
-def test_an_upgrade_keeps_every_user_session_factor_message_and_setting(make_db):
+def test_an_upgrade_keeps_every_user_session_factor_message_and_setting(make_db, released_library):
     db = make_db(OLD)
     db.setting("resend_cooldown", 0)
     db.setting("otp_ttl", 900)
@@ -145,9 +170,22 @@ def test_an_upgrade_keeps_every_user_session_factor_message_and_setting(make_db)
     before = db.counts()
     audit_before = db.one("SELECT count(*) FROM auth.audit_log")
 
+    released_library()  # the new library; connections opened from now on load it
+    db.admin.close()
+    db.admin = db.connect()
+    # Until the schema is updated, the new library refuses clearly instead of failing on a
+    # missing table, and writes nothing.
+    with raises_auth(503, "update-required"):
+        db.rpc("send_sms_otp", phone="+15554040005")
+    assert db.counts() == before
     update(db)
 
-    assert db.counts() == before
+    after = db.counts()
+    # Every row is kept but the two aal1 refresh tokens of the sessions that rose to aal2.
+    assert {t: n for t, n in after.items() if t in before} == dict(before, refresh_tokens=before["refresh_tokens"] - 2)
+    # The new per-IP counters are seeded from the history, so limits hold across the update.
+    assert db.one("SELECT sum(hits) FROM auth.rate_counters WHERE key = 'send_ip:127.0.0.1'") == \
+        db.one("SELECT count(*) FROM auth.send_events WHERE host(ip) = '127.0.0.1'")
     # Settings and secrets are kept: tokens signed before verify after.
     assert db.one("SELECT value FROM auth.settings() WHERE name = 'otp_ttl'") == 900
     assert db.decode(plain.session["access_token"])["sub"] == plain.claims["sub"]
@@ -181,33 +219,63 @@ def test_an_upgrade_keeps_every_user_session_factor_message_and_setting(make_db)
     assert db.one("SELECT count(*) FROM auth.audit_log") > audit_before
 
 
-def test_the_upgrade_repairs_what_0_1_0_let_through(make_db):
-    """Two verified TOTP factors (the planted-factor attack) and aal1 refresh tokens of a session
-    that rose to aal2 (they minted aal2 access tokens in 0.1.0)."""
+def test_the_upgrade_repairs_what_0_1_0_let_through(make_db, released_library):
+    """The planted-factor attack, carried out on 0.1.0, left two verified TOTP factors and the
+    attacker's session at aal2; and a session that rose to aal2 kept its aal1 refresh tokens,
+    which minted aal2 access tokens."""
     db = make_db(OLD)
     db.setting("resend_cooldown", 0)
-    u = User(db, "+15554040009")
-    owners = u.enroll_totp()
-    planted_secret = base64.b32decode("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")
-    planted = db.one("INSERT INTO auth.mfa_factors (user_id, factor_type, secret, status, created_at) "
-                     "VALUES (%s, 'totp', %s, 'verified', now() - interval '1 hour') RETURNING id::text",
-                     u.claims["sub"], planted_secret)
-    db.q("UPDATE auth.mfa_factors SET status = 'verified' WHERE id = %s", owners["id"])
-    # A session that rose to aal2 an hour ago, with a refresh token from before the rise.
-    stale = "A" * 43
-    db.q("UPDATE auth.sessions SET aal = 'aal2', amr = amr || jsonb_build_array(jsonb_build_object("
-         "'method', 'totp', 'timestamp', floor(extract(epoch FROM now() - interval '1 hour'))::bigint)) WHERE id = %s",
-         u.claims["session_id"])
-    db.q("INSERT INTO auth.refresh_tokens (session_id, token_hash, created_at, expires_at) "
-         "VALUES (%s, sha256(convert_to(%s, 'UTF8')), now() - interval '2 hours', now() + interval '1 day')",
-         u.claims["session_id"], stale)
-    after_rise = db.rpc("refresh_session", refresh_token=u.session["refresh_token"])  # issued now: after the rise
+    owner = User(db, "+15554040009")
+    attacker = User(db, "+15554040009")  # an aal1 session of the same user, taken earlier
+    aal1_refresh = owner.session["refresh_token"]
+    planted = attacker.enroll_totp()
+    mine = owner.activate_totp()
+    attacker.adopt(attacker.call("mfa_challenge_and_verify", factor_id=planted["id"],
+                                 code=oathtool(planted["totp"]["secret"])))
+    user_id = owner.claims["sub"]
+    assert db.one("SELECT count(*) FROM auth.mfa_factors WHERE user_id = %s AND status = 'verified'", user_id) == 2
+    assert attacker.claims["aal"] == "aal2"
 
+    released_library()
+    db.admin.close()
+    db.admin = db.connect()
     update(db)
 
-    statuses = dict(db.q("SELECT id::text, status FROM auth.mfa_factors WHERE user_id = %s", u.claims["sub"]))
-    assert statuses == {owners["id"]: "verified", planted: "unverified"}
-    assert db.one("SELECT detail ->> 'factor_id' FROM auth.audit_log WHERE event = 'mfa_factor_demoted'") == planted
+    statuses = dict(db.q("SELECT id::text, status FROM auth.mfa_factors WHERE user_id = %s", user_id))
+    assert statuses == {mine["id"]: "verified", planted["id"]: "unverified"}
+    assert db.one("SELECT detail ->> 'factor_id' FROM auth.audit_log WHERE event = 'mfa_factor_demoted'") == planted["id"]
+    # Every session of the attacked user ends; the owner signs in again with their own factor.
+    with raises_auth(401, "not-authenticated"):
+        attacker.call("mfa_list_factors")
     with raises_auth(401, "invalid-refresh-token"):
-        db.rpc("refresh_session", refresh_token=stale)
-    assert db.decode(db.rpc("refresh_session", refresh_token=after_rise["refresh_token"])["access_token"])["aal"] == "aal2"
+        db.rpc("refresh_session", refresh_token=aal1_refresh)
+    db.rpc("send_sms_otp", phone=owner.phone)
+    ticket = db.rpc("verify_sms_otp", phone=owner.phone, otp=db.last_code(owner.phone))["mfa"]["ticket"]
+    out = db.rpc("signin_mfa_totp", ticket=ticket, otp=oathtool(mine["totp"]["secret"], time.time() + 30))
+    assert db.claims_of(out["session"])["aal"] == "aal2"
+
+
+def test_the_upgrade_drops_aal1_refresh_tokens_of_sessions_that_rose(make_db, released_library):
+    db = make_db(OLD)
+    u = User(db, "+15554040010")
+    aal1_refresh = u.session["refresh_token"]
+    u.activate_totp()
+    # In 0.1.0 the aal1 refresh token is still valid after the rise, and mints aal2 tokens.
+    second = User(db, "+15554040011")
+    second_aal1 = second.session["refresh_token"]
+    second.activate_totp()
+    leaked = db.rpc("refresh_session", refresh_token=second_aal1)
+    assert db.decode(leaked["access_token"])["aal"] == "aal2"
+
+    released_library()
+    db.admin.close()
+    db.admin = db.connect()
+    update(db)
+
+    for stale in (aal1_refresh, leaked["refresh_token"]):
+        with raises_auth(401, "invalid-refresh-token"):
+            db.rpc("refresh_session", refresh_token=stale)
+    fresh = db.rpc("refresh_session", refresh_token=u.session["refresh_token"])
+    assert db.decode(fresh["access_token"])["aal"] == "aal2"
+    second_fresh = db.rpc("refresh_session", refresh_token=second.session["refresh_token"])
+    assert db.decode(second_fresh["access_token"])["aal"] == "aal2"
