@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL 15 clusters, run as the postgres OS user (PostgreSQL refuses root).
 # Source this file; then `cluster_start NAME` exports PGHOST/PGPORT/PGDATA/PGUSER and
-# `cluster_stop` stops and deletes the cluster.
+# `cluster_stop` stops and deletes the cluster. CLUSTER_OPTIONS adds server options, e.g.
+# "-c shared_preload_libraries=pg_otp_auth".
 
 PG_BIN=/usr/lib/postgresql/15/bin
 
@@ -17,7 +18,7 @@ cluster_start() {
     export PGDATA="$CLUSTER_DIR/data" PGHOST="$CLUSTER_DIR" PGPORT="$(free_port)" PGUSER=postgres
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PGDATA" -U postgres -A trust --no-sync >/dev/null
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$CLUSTER_DIR/server.log" -w \
-        -o "-p $PGPORT -k $CLUSTER_DIR -c listen_addresses=127.0.0.1 -c fsync=off" \
+        -o "-p $PGPORT -k $CLUSTER_DIR -c listen_addresses=127.0.0.1 -c fsync=off ${CLUSTER_OPTIONS:-}" \
         start >/dev/null
     trap cluster_stop EXIT
 }

@@ -34,5 +34,13 @@ if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/requirements.txt .venv/requiremen
     cp tests/requirements.txt .venv/requirements.txt
 fi
 . scripts/cluster.sh
-cluster_start test
+# The recommended set-up first: pg_otp_auth preloaded, so wrong guesses go to the recorder.
+CLUSTER_OPTIONS="-c shared_preload_libraries=pg_otp_auth" cluster_start test
 .venv/bin/pytest -q -p no:cacheprovider tests/integration "$@"
+cluster_stop
+
+log "integration tests without preloading (wrong guesses recorded by a worker each)"
+cluster_start fallback
+.venv/bin/pytest -q -p no:cacheprovider tests/integration/test_signin.py tests/integration/test_mfa.py \
+    tests/integration/test_mfa_assurance.py tests/integration/test_sessions.py tests/integration/test_recorder.py \
+    tests/integration/test_upgrade.py "$@"

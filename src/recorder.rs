@@ -150,7 +150,7 @@ pub fn submit(payload: &str) -> Option<bool> {
         return None;
     }
     let db = my_database();
-    let slot = {
+    let (slot, recorder_proc) = {
         let mut q = QUEUE.exclusive();
         let recorder = q
             .recorders
@@ -173,20 +173,33 @@ pub fn submit(payload: &str) -> Option<bool> {
             payload: bytes,
         };
         unsafe { set_latch_of(recorder_proc) };
-        i
+        (i, recorder_proc)
     };
     let waiting = Waiting(slot);
     let deadline = Instant::now() + WAIT;
     loop {
-        let state = QUEUE.share().slots[slot].state;
-        match state {
-            State::Done => return Some(true),
-            State::Failed => return Some(false),
-            _ if Instant::now() >= deadline => {
-                drop(waiting);
-                return Some(false);
+        {
+            let mut q = QUEUE.exclusive();
+            let recorder_gone = !q
+                .recorders
+                .iter()
+                .any(|r| r.dboid == db && r.proc_ == recorder_proc);
+            match q.slots[slot].state {
+                State::Done => return Some(true),
+                State::Failed => return Some(false),
+                // The recorder exited before taking it: nobody has it, so it can go elsewhere.
+                State::Pending if recorder_gone => {
+                    q.slots[slot].state = State::Free;
+                    std::mem::forget(waiting);
+                    return None;
+                }
+                _ if Instant::now() >= deadline => {
+                    drop(q);
+                    drop(waiting);
+                    return Some(false);
+                }
+                _ => {}
             }
-            _ => {}
         }
         unsafe {
             pg_sys::WaitLatch(

@@ -31,6 +31,10 @@ INSTALLED = os.path.join(LIBDIR, "pg_otp_auth.so")
 def released_library(tmp_path):
     """Installs the 0.1.0 library in place of the new one (new backends load it); calling the
     fixture's value puts the new one back, as a package upgrade does, and so does the teardown."""
+    with psycopg.connect(dsn("postgres")) as c:
+        if "pg_otp_auth" in c.execute("SHOW shared_preload_libraries").fetchone()[0]:
+            pytest.skip("a preloaded library is only replaced by a restart; scripts/test.sh also "
+                        "runs this file on a cluster without preloading")
     assert os.path.exists(OLD_LIBRARY), "scripts/setup.sh builds the released 0.1.0 library"
     new = tmp_path / "new.so"
     shutil.copy2(INSTALLED, new)
