@@ -128,60 +128,36 @@ impl Default for Params {
     }
 }
 
-const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const B32: base32::Alphabet = base32::Alphabet::Rfc4648 { padding: false };
 
 pub fn base32_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
-    for chunk in data.chunks(5) {
-        let mut buf = [0u8; 5];
-        buf[..chunk.len()].copy_from_slice(chunk);
-        let bits = u64::from_be_bytes([0, 0, 0, buf[0], buf[1], buf[2], buf[3], buf[4]]);
-        let chars = (chunk.len() * 8).div_ceil(5);
-        for i in 0..chars {
-            out.push(B32[((bits >> (35 - 5 * i)) & 31) as usize] as char);
-        }
-    }
-    out
+    base32::encode(B32, data)
 }
 
-/// Case-insensitive; `=` padding, spaces and dashes are ignored.
+/// Case-insensitive; `=` padding, spaces and dashes (as authenticator apps show keys) are
+/// ignored.
 pub fn base32_decode(text: &str) -> Result<Vec<u8>> {
-    let bad = || AuthError::invalid_request("The secret is not valid base32.");
-    let mut bits: u64 = 0;
-    let mut nbits = 0;
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let cleaned = text.trim_end_matches('=');
-    for c in cleaned.chars().filter(|c| !matches!(c, ' ' | '-')) {
-        let v = match c.to_ascii_uppercase() {
-            u @ 'A'..='Z' => u as u64 - 'A' as u64,
-            d @ '2'..='7' => d as u64 - '2' as u64 + 26,
-            _ => return Err(bad()),
-        };
-        bits = (bits << 5) | v;
-        nbits += 5;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((bits >> nbits) as u8);
-            bits &= (1 << nbits) - 1;
-        }
+    let cleaned: String = text
+        .trim_end_matches('=')
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    match base32::decode(B32, &cleaned) {
+        Some(bytes) if !bytes.is_empty() => Ok(bytes),
+        _ => Err(AuthError::invalid_request("The secret is not valid base32.")),
     }
-    if out.is_empty() {
-        return Err(bad());
-    }
-    Ok(out)
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
+/// Everything but RFC 3986 unreserved characters is percent-encoded.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// `otpauth://totp/ISSUER:ACCOUNT?secret=…&issuer=…&algorithm=…&digits=…&period=…`
@@ -307,6 +283,7 @@ mod tests {
         assert!(base32_decode("").is_err());
         let data: Vec<u8> = (0..=255).collect();
         assert_eq!(base32_decode(&base32_encode(&data)).unwrap(), data);
+        assert!(base32_decode("====").is_err());
     }
 
     #[test]
