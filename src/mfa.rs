@@ -270,7 +270,7 @@ fn enroll(
     audit(
         "mfa_enrolled",
         &me.user_id,
-        request::client_ip()?.as_deref(),
+        request::client_ip(&cfg)?.as_deref(),
         json!({"factor_id": answer["id"], "factor_type": factor_type}),
     )?;
     Ok(answer)
@@ -307,7 +307,7 @@ fn challenge(factor_id: Option<Uuid>, channel: Option<&str>) -> Result<Value> {
         // Refused before a code is sent: the caller could not use it.
         check_setup_allowed(&me, &factor)?;
     }
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     let issued = start_challenge(&cfg, &me, &factor, channel, ip.as_deref())?;
     Ok(json!({"id": issued.id, "type": factor.factor_type, "expires_at": issued.expires_at}))
 }
@@ -392,7 +392,7 @@ fn verify(
     let me = request::current_session()?;
     let cfg = config::load()?;
     let factor = my_factor(&me, &factor_id)?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     verify_challenge(
         &cfg,
         &me,
@@ -578,7 +578,7 @@ fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<V
             "Phone factors need mfa_challenge first, to send the code.",
         ));
     }
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     let issued = start_challenge(&cfg, &me, &factor, "sms", ip.as_deref())?;
     let id = issued.id.as_str().unwrap_or_default().to_string();
     verify_challenge(&cfg, &me, &factor, &id, true, code, ip.as_deref())
@@ -600,7 +600,7 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
     audit(
         "mfa_unenrolled",
         &me.user_id,
-        request::client_ip()?.as_deref(),
+        request::client_ip(&config::load()?)?.as_deref(),
         json!({"factor_id": factor.id, "factor_type": factor.factor_type}),
     )?;
     Ok(json!({"id": factor.id}))
@@ -720,7 +720,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     otp::check_format(code, factor.digits as usize)?;
     db::lock("factor", &factor.id)?;
     check_factor_failures(&cfg, &t.user_id, &factor.id)?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     let step = factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?;
     autonomous::record(&Action::Attempt {
         audit_id: otp::random_uuid()?,
@@ -746,7 +746,7 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     let t = load_ticket(&cfg, ticket)?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     let pepper = config::secret("otp_pepper")?;
     let presented = otp::hash_code(&pepper, RECOVERY_PURPOSE, &t.user_id, &code);
     let unused = db::rows(
@@ -817,7 +817,7 @@ fn generate_recovery_codes() -> Result<Value> {
     audit(
         "recovery_codes_generated",
         &me.user_id,
-        request::client_ip()?.as_deref(),
+        request::client_ip(&config::load()?)?.as_deref(),
         json!({}),
     )?;
     Ok(json!(codes))

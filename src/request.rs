@@ -1,35 +1,33 @@
 //! What the caller's request says about itself: client IP and JWT claims, as PostgREST sets them.
 
 use crate::db;
+use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
 use serde::Deserialize;
-use std::net::IpAddr;
 
-/// The client IP: the first `x-forwarded-for` entry of `request.headers` when PostgREST is in
-/// front, else the address of the database connection (none over a Unix socket).
-pub fn client_ip() -> Result<Option<String>> {
+/// The client IP: from the configured forwarding header of `request.headers` (as PostgREST
+/// sets it), believing only what the trusted proxies appended (see `core::client_ip`), else the
+/// address of the database connection (none over a Unix socket). Never fails on bad headers.
+pub fn client_ip(cfg: &Config) -> Result<Option<String>> {
     let v = db::row(
         "SELECT jsonb_build_object('headers', nullif(current_setting('request.headers', true), ''),
                                    'peer', host(inet_client_addr()))",
         &[],
     )?
     .unwrap_or_default();
-    let forwarded = v["headers"]
+    let header = v["headers"]
         .as_str()
         .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
         .and_then(|h| {
-            h.get("x-forwarded-for")
+            h.get(cfg.client_ip_header.as_str())
                 .and_then(|x| x.as_str().map(str::to_string))
         });
-    Ok(pick_ip(forwarded.as_deref(), v["peer"].as_str()))
-}
-
-fn pick_ip(forwarded_for: Option<&str>, peer: Option<&str>) -> Option<String> {
-    let parse = |s: &str| s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_string());
-    forwarded_for
-        .and_then(|x| x.split(',').next())
-        .and_then(parse)
-        .or_else(|| peer.and_then(parse))
+    Ok(pg_otp_auth_core::client_ip::client_ip(
+        &cfg.client_ip_header,
+        header.as_deref(),
+        cfg.trusted_proxy_hops,
+        v["peer"].as_str(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,26 +77,4 @@ pub fn current_session() -> Result<CurrentSession> {
         &[],
     )?
     .ok_or_else(AuthError::not_authenticated)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pick_ip;
-
-    #[test]
-    fn first_forwarded_entry_wins() {
-        assert_eq!(
-            pick_ip(Some("203.0.113.7, 10.0.0.1"), Some("10.0.0.2")).as_deref(),
-            Some("203.0.113.7")
-        );
-        assert_eq!(
-            pick_ip(Some("garbage"), Some("10.0.0.2")).as_deref(),
-            Some("10.0.0.2")
-        );
-        assert_eq!(pick_ip(None, None), None);
-        assert_eq!(
-            pick_ip(Some(" 2001:db8::1 "), None).as_deref(),
-            Some("2001:db8::1")
-        );
-    }
 }

@@ -175,7 +175,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
         autonomous::record(&Action::RefreshTokenReused {
             audit_id: otp::random_uuid()?,
             token_id: t.id.clone(),
-            ip: request::client_ip()?,
+            ip: request::client_ip(&cfg)?,
         })?;
         return Err(AuthError::new(
             401,
@@ -219,7 +219,7 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
         "sign_out",
         Some(&current.user_id),
         None,
-        request::client_ip()?.as_deref(),
+        request::client_ip(&config::load()?)?.as_deref(),
         json!({"scope": scope, "session_id": current.session_id}),
     )?;
     Ok(Value::Null)

@@ -147,7 +147,7 @@ fn send_sms_otp(
     let channel = channel(required(channel_name, "channel")?)?;
     let captcha_token = captcha(captcha_token)?;
     let cfg = config::load()?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
     let existing = find_user(&phone)?;
     let creating = existing.is_none() && create && !cfg.disable_signup;
@@ -176,7 +176,7 @@ fn last_channel(phone: &str) -> Result<&'static str> {
 fn resend_sms_otp(phone: Option<&str>) -> Result<Value> {
     let phone = phone::normalize(required(phone, "phone")?)?;
     let cfg = config::load()?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
     let user = find_user(&phone)?;
     let target = user.as_ref().filter(|u| !u.disabled);
@@ -199,7 +199,7 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
             "Sign-up is disabled.",
         ));
     }
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
     if find_user(&phone)?.is_some() {
         // Same answer as a new sign-up, and nothing is sent or changed.
@@ -254,7 +254,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     autonomous::require_own_transaction()?;
     let cfg = config::load()?;
     otp::check_format(code, cfg.otp_length)?;
-    let ip = request::client_ip()?;
+    let ip = request::client_ip(&cfg)?;
     admit_verify(&cfg, ip.as_deref())?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;

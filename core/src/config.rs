@@ -75,6 +75,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "mfa_failure_limit", kind: Kind::Int { min: 1, max: 1000 }, default: || json!(10), description: "Wrong second-factor codes one factor may see per mfa_failure_window, across all challenges and tickets." },
     Setting { name: "mfa_failure_window", kind: Kind::Seconds { min: 60, max: DAY }, default: || json!(900), description: "Window of mfa_failure_limit." },
     Setting { name: "totp_window", kind: Kind::Int { min: 0, max: 10 }, default: || json!(1), description: "TOTP time steps accepted either side of now." },
+    Setting { name: "trusted_proxy_hops", kind: Kind::Int { min: 0, max: 10 }, default: || json!(1), description: "Reverse proxies in front of PostgREST whose forwarding headers are believed; the client address is the entry the last of them appended (0: ignore the headers)." },
+    Setting { name: "client_ip_header", kind: Kind::Text, default: || json!("x-forwarded-for"), description: "Header carrying the client address: x-forwarded-for, forwarded (RFC 7239), or one a proxy sets whole, such as cf-connecting-ip or x-real-ip." },
     Setting { name: "refresh_reuse_grace", kind: Kind::Seconds { min: 0, max: 300 }, default: || json!(10), description: "How long a rotated refresh token may still be presented before reuse revokes the session." },
 ];
 
@@ -126,6 +128,8 @@ pub struct Config {
     pub sms_max_attempts: i64,
     pub sms_retry_base: i64,
     pub sms_retry_max: i64,
+    pub trusted_proxy_hops: usize,
+    pub client_ip_header: String,
 }
 
 impl Config {
@@ -157,6 +161,11 @@ impl Config {
                 400,
                 "locale-not-allowed",
                 "default_locale must be one of allowed_locales.",
+            ));
+        }
+        if !crate::client_ip::valid_header_name(&self.client_ip_header) {
+            return Err(AuthError::invalid_request(
+                "client_ip_header must be a lower-case header name.",
             ));
         }
         template::validate(&self.sms_template)?;

@@ -145,7 +145,9 @@ pub fn base32_decode(text: &str) -> Result<Vec<u8>> {
         .collect();
     match base32::decode(B32, &cleaned) {
         Some(bytes) if !bytes.is_empty() => Ok(bytes),
-        _ => Err(AuthError::invalid_request("The secret is not valid base32.")),
+        _ => Err(AuthError::invalid_request(
+            "The secret is not valid base32.",
+        )),
     }
 }
 
