@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION=0.18.1
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev sudo oathtool librsvg2-bin zbar-tools
-              python3 python3-venv build-essential pkg-config ca-certificates curl)
+              python3 python3-venv build-essential pkg-config ca-certificates curl openssl)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -36,6 +36,8 @@ pub enum LogFormat {
 #[command(name = "pg-otp-dispatcher", version)]
 pub struct Args {
     /// PostgreSQL connection string (URL or key=value); the role needs only auth.grant_dispatcher().
+    /// sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert as in libpq;
+    /// without sslrootcert, the system's root certificates are trusted.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
@@ -129,7 +131,7 @@ pub struct Args {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
+    pub database: crate::tls::Database,
     pub provider: Provider,
     pub captcha: Option<Captcha>,
     pub captcha_required: bool,
@@ -303,11 +305,9 @@ impl Args {
                     .map_err(|_| format!("--metrics-addr {a} is not host:port"))?,
             ),
         };
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| format!("--database-url is invalid: {e}"))?;
+        let database = crate::tls::parse(&self.database_url)?;
         Ok(Config {
-            database_url: self.database_url.clone(),
+            database,
             provider,
             captcha,
             captcha_required: self.captcha_required,

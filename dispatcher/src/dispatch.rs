@@ -31,7 +31,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let store = Store::new(&cfg.database_url, cfg.concurrency + 2)?;
+    let store = Store::new(&cfg.database, cfg.concurrency + 2)?;
     // No redirects: following one would re-send credentials, the phone and the code to
     // whichever host the answer names, and take that host's answer as delivery.
     let http = reqwest::Client::builder()
@@ -47,7 +47,7 @@ pub async fn run(
         max_attempts: AtomicI64::new(5),
     });
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(store::listen(shared.cfg.database_url.clone(), wake.clone()));
+    let listener = tokio::spawn(store::listen(shared.cfg.database.clone(), wake.clone()));
     let stats = tokio::spawn(refresh_stats(shared.clone()));
     let slots = Arc::new(Semaphore::new(shared.cfg.concurrency));
     let mut in_flight = JoinSet::new();

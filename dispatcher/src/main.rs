@@ -6,6 +6,7 @@ mod dispatch;
 mod metrics;
 mod provider;
 mod store;
+mod tls;
 mod webhook;
 
 use axum::routing::get;

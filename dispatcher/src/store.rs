@@ -2,12 +2,13 @@
 //! grants: sms_claim, sms_mark_sent, sms_mark_failed and sms_queue_stats.
 
 use crate::provider::Outgoing;
+use crate::tls::Database;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 pub const CHANNEL: &str = "pg_otp_auth_outbox";
 /// No database call may hang a send slot forever (a half-open connection, say).
@@ -26,26 +27,47 @@ impl std::fmt::Display for DbError {
     }
 }
 
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: …"):
+/// the outer error alone rarely says what to fix. None of them carries the connection string.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 fn pg_error(what: &str, e: tokio_postgres::Error) -> DbError {
     // An error with an SQLSTATE came from a working server (e.g. PT404 for a deleted row);
     // repeating the call would get the same answer. No SQLSTATE: the connection failed.
     DbError {
         transient: e.code().is_none(),
-        message: format!("{what} failed: {e}"),
+        message: format!("{what} failed: {}", with_causes(&e)),
     }
 }
 
-fn unreachable(e: impl std::fmt::Display) -> DbError {
+fn unreachable(e: impl std::error::Error + 'static) -> DbError {
     DbError {
         transient: true,
-        message: format!("database unavailable: {e}"),
+        message: format!("database unavailable: {}", with_causes(&e)),
     }
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = Result<T, DbError>>) -> Result<T, DbError> {
     tokio::time::timeout(CALL_TIMEOUT, f)
         .await
-        .unwrap_or_else(|_| Err(unreachable("call timed out")))
+        .unwrap_or_else(|_| {
+            Err(DbError {
+                transient: true,
+                message: "database unavailable: call timed out".into(),
+            })
+        })
 }
 
 #[derive(Clone)]
@@ -62,15 +84,15 @@ pub struct Claimed {
 }
 
 impl Store {
-    pub fn new(database_url: &str, size: usize) -> Result<Store, String> {
-        let mut pg: tokio_postgres::Config = database_url.parse().map_err(|e| format!("{e}"))?;
+    pub fn new(database: &Database, size: usize) -> Result<Store, String> {
+        let mut pg = database.config.clone();
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(5));
         }
         pg.keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            database.connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -188,10 +210,18 @@ impl Store {
 
 /// Keeps a LISTEN connection open (reconnecting as needed) and wakes `wake` on every
 /// notification, and once after each (re)connect in case something was missed meanwhile.
-pub async fn listen(database_url: String, wake: Arc<Notify>) {
+pub async fn listen(database: Database, wake: Arc<Notify>) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match tokio_postgres::connect(&database_url, NoTls).await {
+        let connected = match database.connector() {
+            Ok(tls) => database
+                .config
+                .connect(tls)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let pump = tokio::spawn(async move {
