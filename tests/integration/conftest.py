@@ -15,6 +15,8 @@ import psycopg
 import pytest
 
 HOST = "127.0.0.1"  # TCP, so inet_client_addr() is set as it is behind PostgREST
+# The PostgreSQL installation under test (scripts/test.sh runs the suite on 15 and on 18).
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 TEMPLATE = "otp_template"
 
 

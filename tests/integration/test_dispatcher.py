@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from conftest import dsn
+from conftest import PG_BIN, dsn
 
 BIN = os.environ.get("DISPATCHER_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/pg-otp-dispatcher"))
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -433,7 +433,7 @@ def test_postgres_restart_under_a_running_dispatcher(ddb):
     queue(ddb, 1)
     wait_until(all_status(ddb, "sent"))
     ddb.admin.close()
-    subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", os.environ["PGDATA"],
+    subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", os.environ["PGDATA"],
                     "-m", "fast", "-w", "restart"], check=True, stdout=subprocess.DEVNULL)
     ddb.admin = psycopg.connect(ddb.dsn, autocommit=True)
     ids = queue(ddb, 3, start=10)

@@ -5,9 +5,7 @@ import subprocess
 
 import psycopg
 
-from conftest import Db, dsn
-
-PG_BIN = "/usr/lib/postgresql/15/bin"
+from conftest import PG_BIN, Db, dsn
 
 
 def test_dump_and_restore_keep_everything(db, tmp_path):
