@@ -293,17 +293,9 @@ pub(crate) fn perform(action: &Action) {
 }
 
 /// The one fixed statement that performs `action`, with its arguments.
-fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
-    match action.clone() {
-        Action::Attempt {
-            audit_id,
-            target,
-            failed,
-            ip,
-        } => {
-            let (sql, a, b) = match target {
-                Target::Code { code_id, phone } => (
-                    "WITH c AS (
+/// A code's attempt: count it on the code (if it is live) and audit it; a failure also counts
+/// against the client address (auth.rate_counters, as outbox::VERIFY_IP reads it).
+const CODE_ATTEMPT: &str = "WITH c AS (
                          UPDATE auth.otp_codes SET attempts = attempts + 1 WHERE id = $3::uuid
                          RETURNING user_id, purpose, attempts),
                      ip AS (
@@ -322,15 +314,10 @@ fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
                      UNION ALL
                      SELECT $1::uuid, 'verify_failed', NULL, $4, $5::inet,
                             jsonb_build_object('no_live_code', true)
-                     WHERE NOT EXISTS (SELECT 1 FROM c)",
-                    code_id,
-                    Some(phone),
-                ),
-                Target::Challenge {
-                    challenge_id,
-                    factor_id,
-                } => (
-                    "WITH c AS (
+                     WHERE NOT EXISTS (SELECT 1 FROM c)";
+
+/// A challenge's attempt: count it on the challenge and audit it against the factor.
+const CHALLENGE_ATTEMPT: &str = "WITH c AS (
                          UPDATE auth.mfa_challenges SET attempts = attempts + 1
                          WHERE id = $3::uuid RETURNING attempts)
                      INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
@@ -339,15 +326,10 @@ fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
                             jsonb_build_object('factor_id', f.id, 'factor_type', f.factor_type,
                                                'challenge_id', $3::uuid,
                                                'attempts', (SELECT attempts FROM c))
-                     FROM auth.mfa_factors f WHERE f.id = $4::uuid",
-                    challenge_id,
-                    Some(factor_id),
-                ),
-                Target::Ticket {
-                    ticket_id,
-                    factor_id,
-                } => (
-                    "WITH t AS (
+                     FROM auth.mfa_factors f WHERE f.id = $4::uuid";
+
+/// A sign-in ticket's attempt: count it on the ticket and audit it.
+const TICKET_ATTEMPT: &str = "WITH t AS (
                          UPDATE auth.mfa_tickets SET attempts = attempts + 1
                          WHERE id = $3::uuid RETURNING id, user_id, attempts)
                      INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
@@ -355,10 +337,41 @@ fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
                             t.user_id, $5::inet,
                             jsonb_build_object('ticket_id', t.id, 'attempts', t.attempts,
                                                'factor_id', $4::uuid)
-                     FROM t",
-                    Some(ticket_id),
+                     FROM t";
+
+/// A rotated refresh token presented after the grace period: revoke its session.
+const REFRESH_TOKEN_REUSED: &str = "WITH s AS (
+                 UPDATE auth.sessions SET revoked_at = clock_timestamp(),
+                                          revoked_reason = 'refresh_token_reused'
+                 WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $2::uuid)
+                   AND revoked_at IS NULL
+                 RETURNING id, user_id)
+             INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
+             SELECT $1::uuid, 'refresh_token_reused',
+                    (SELECT s.user_id FROM auth.sessions s JOIN auth.refresh_tokens r
+                         ON r.session_id = s.id WHERE r.id = $2::uuid),
+                    $3::inet,
+                    jsonb_build_object('refresh_token_id', $2::uuid,
+                                       'revoked_now', EXISTS (SELECT 1 FROM s))";
+
+fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
+    match action.clone() {
+        Action::Attempt {
+            audit_id,
+            target,
+            failed,
+            ip,
+        } => {
+            let (sql, a, b) = match target {
+                Target::Code { code_id, phone } => (CODE_ATTEMPT, code_id, Some(phone)),
+                Target::Challenge {
+                    challenge_id,
                     factor_id,
-                ),
+                } => (CHALLENGE_ATTEMPT, challenge_id, Some(factor_id)),
+                Target::Ticket {
+                    ticket_id,
+                    factor_id,
+                } => (TICKET_ATTEMPT, Some(ticket_id), factor_id),
             };
             (
                 sql,
@@ -376,19 +389,7 @@ fn statement(action: &Action) -> (&'static str, Vec<DatumWithOid<'static>>) {
             token_id,
             ip,
         } => (
-            "WITH s AS (
-                 UPDATE auth.sessions SET revoked_at = clock_timestamp(),
-                                          revoked_reason = 'refresh_token_reused'
-                 WHERE id = (SELECT session_id FROM auth.refresh_tokens WHERE id = $2::uuid)
-                   AND revoked_at IS NULL
-                 RETURNING id, user_id)
-             INSERT INTO auth.audit_log (id, event, user_id, ip, detail)
-             SELECT $1::uuid, 'refresh_token_reused',
-                    (SELECT s.user_id FROM auth.sessions s JOIN auth.refresh_tokens r
-                         ON r.session_id = s.id WHERE r.id = $2::uuid),
-                    $3::inet,
-                    jsonb_build_object('refresh_token_id', $2::uuid,
-                                       'revoked_now', EXISTS (SELECT 1 FROM s))",
+            REFRESH_TOKEN_REUSED,
             vec![audit_id.into(), token_id.into(), ip.into()],
         ),
     }
@@ -468,15 +469,7 @@ mod tests {
     #[test]
     fn failed_verifications_feed_the_per_ip_counter_the_limit_reads() {
         use crate::outbox::VERIFY_IP;
-        let (sql, _) = statement(&Action::Attempt {
-            audit_id: A.into(),
-            target: Target::Code {
-                code_id: None,
-                phone: "+15550001111".into(),
-            },
-            failed: true,
-            ip: None,
-        });
+        let sql = CODE_ATTEMPT;
         assert!(sql.contains(&VERIFY_IP.key_sql(Some("host($5::inet)"))));
         assert!(sql.contains(&format!("/ {0}) * {0}", VERIFY_IP.bucket_seconds)));
         assert_eq!(VERIFY_IP.shards, 1);

@@ -26,8 +26,9 @@ const PAYLOAD: usize = 128;
 const RECORDERS: usize = 16;
 /// How long a caller waits for its record before failing closed.
 const WAIT: Duration = Duration::from_secs(10);
-/// A recorder with nothing to do for this long exits, giving its worker slot back.
-const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// A recorder with nothing to do for this long exits, giving its worker slot back (and the
+/// database: DROP DATABASE without FORCE waits only 5 s for other sessions to leave).
+const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// A recorder that was asked for but has not come up for this long may be asked for again.
 const START_TIMEOUT_SECS: i64 = 10;
 
