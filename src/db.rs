@@ -1,12 +1,20 @@
 //! SPI helpers. Every query returns one jsonb column, so results land in serde types instead
 //! of per-column datum juggling.
+//!
+//! Each statement is prepared once per backend and kept (SPI_keepplan): parsing and planning
+//! the same few dozen statements on every call cost more than running them. Kept plans are
+//! invalidated and rebuilt by PostgreSQL when the objects they use change.
 
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::JsonB;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 pub type Arg<'a> = DatumWithOid<'a>;
 
@@ -16,10 +24,54 @@ fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
     AuthError::internal("An internal database call failed.")
 }
 
+/// A statement's text, its arguments' type oids, and whether it may write.
+type PlanKey = (String, Vec<u32>, bool);
+
+thread_local! {
+    /// Kept plans, one per statement and argument types (read-only execution apart).
+    static PLANS: RefCell<HashMap<PlanKey, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with the kept plan of `sql` for `args`' types, preparing it on first use.
+fn with_plan<R>(
+    sql: &str,
+    args: &[Arg],
+    mutating: bool,
+    f: impl FnOnce(&OwnedPreparedStatement) -> Result<R>,
+) -> Result<R> {
+    let oids: Vec<u32> = args.iter().map(|a| a.oid().to_u32()).collect();
+    let key = (sql.to_string(), oids, mutating);
+    let cached = PLANS.with(|p| p.borrow_mut().remove(&key));
+    let plan = match cached {
+        Some(plan) => plan,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let prepared = Spi::connect(|client| {
+                if mutating {
+                    client.prepare_mut(sql, &types)
+                } else {
+                    client.prepare(sql, &types)
+                }
+                .map(|p| p.keep())
+            })
+            .map_err(spi_error)?;
+            prepared
+        }
+    };
+    // Put back before the result is looked at: an error must not lose the plan.
+    let result = f(&plan);
+    PLANS.with(|p| p.borrow_mut().insert(key, plan));
+    result
+}
+
 /// All rows of a query whose single column is jsonb.
 pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
+    with_plan(sql, args, true, |plan| rows_of(plan, args))
+}
+
+fn rows_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Vec<Value>> {
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args).map_err(spi_error)?;
+        let table = client.update(plan, None, args).map_err(spi_error)?;
         let mut out = Vec::with_capacity(table.len());
         for row in table {
             if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
@@ -33,8 +85,12 @@ pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
 /// A read-only query (SPI read-only mode). Unlike [`rows`], it does not make pgrx assign a
 /// transaction id, so it can ask whether the caller's transaction has written anything.
 pub fn read_row(sql: &str, args: &[Arg]) -> Result<Option<Value>> {
+    with_plan(sql, args, false, |plan| read_row_of(plan, args))
+}
+
+fn read_row_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Option<Value>> {
     Spi::connect(|client| {
-        let table = client.select(sql, None, args).map_err(spi_error)?;
+        let table = client.select(plan, None, args).map_err(spi_error)?;
         for row in table {
             if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
                 return Ok(Some(v));
@@ -61,17 +117,23 @@ pub fn row_as<T: DeserializeOwned>(sql: &str, args: &[Arg]) -> Result<Option<T>>
 
 /// A statement whose result is not needed.
 pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
-    Spi::connect_mut(|client| {
-        client
-            .update(sql, None, args)
-            .map(|_| ())
-            .map_err(spi_error)
+    with_plan(sql, args, true, |plan| {
+        Spi::connect_mut(|client| {
+            client
+                .update(plan, None, args)
+                .map(|_| ())
+                .map_err(spi_error)
+        })
     })
 }
 
 pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {
+    with_plan(sql, args, true, |plan| bytes_of(plan, args))
+}
+
+fn bytes_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Option<Vec<u8>>> {
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args).map_err(spi_error)?;
+        let table = client.update(plan, None, args).map_err(spi_error)?;
         if table.is_empty() {
             return Ok(None);
         }
