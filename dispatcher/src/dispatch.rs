@@ -7,7 +7,7 @@ use crate::store::{self, Claimed, Store};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 struct Shared {
@@ -16,6 +16,15 @@ struct Shared {
     http: reqwest::Client,
     metrics: Arc<Metrics>,
     max_attempts: AtomicI64,
+    outcomes: mpsc::UnboundedSender<Report>,
+}
+
+/// An outcome on its way to the database, and who waits for it to be recorded.
+struct Report {
+    id: String,
+    attempt: i32,
+    outcome: Outcome,
+    recorded: oneshot::Sender<()>,
 }
 
 enum Outcome {
@@ -39,13 +48,16 @@ pub async fn run(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
+    let (outcomes, reports) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         cfg,
         store,
         http,
         metrics,
         max_attempts: AtomicI64::new(5),
+        outcomes,
     });
+    let writer = tokio::spawn(write_outcomes(shared.clone(), reports));
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(store::listen(shared.cfg.database.clone(), wake.clone()));
     let stats = tokio::spawn(refresh_stats(shared.clone()));
@@ -115,6 +127,7 @@ pub async fn run(
         }
     }
     listener.abort();
+    writer.abort();
     stats.abort();
     Ok(())
 }
@@ -162,7 +175,59 @@ async fn deliver(s: &Shared, c: Claimed) {
             tracing::warn!(message_id = %m.id, attempt = m.attempts, retryable = f.retryable, error = %f.message, "delivery failed");
         }
     }
-    record(s, &m.id, m.attempts, &outcome).await;
+    // Recorded before the send slot is given back: the outcome is in the database (or will be
+    // retried by whoever claims the message after its lease) before more is claimed.
+    let (recorded, done) = oneshot::channel();
+    let report = Report {
+        id: m.id.clone(),
+        attempt: m.attempts,
+        outcome,
+        recorded,
+    };
+    if s.outcomes.send(report).is_ok() {
+        let _ = done.await;
+    }
+}
+
+/// Records outcomes as they come: whatever has queued up while the previous commit ran goes
+/// into the next one, so under load many messages share a commit and at low load nothing waits.
+async fn write_outcomes(s: Arc<Shared>, mut reports: mpsc::UnboundedReceiver<Report>) {
+    const MAX_BATCH: usize = 500;
+    while let Some(first) = reports.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match reports.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<store::Recorded> = batch
+            .iter()
+            .map(|r| match &r.outcome {
+                Outcome::Sent(pid) => store::Recorded::Sent {
+                    id: &r.id,
+                    provider_message_id: pid,
+                },
+                Outcome::Failed(f) => store::Recorded::Failed {
+                    id: &r.id,
+                    error: &f.message,
+                    retryable: f.retryable,
+                    attempt: r.attempt,
+                },
+            })
+            .collect();
+        let together = batch.len() > 1 && s.store.record_batch(&rows).await.is_ok();
+        if together {
+            s.metrics.db_ok();
+        } else {
+            for r in &batch {
+                record(&s, &r.id, r.attempt, &r.outcome).await;
+            }
+        }
+        for r in batch {
+            let _ = r.recorded.send(());
+        }
+    }
 }
 
 async fn captcha_verdict(s: &Shared, c: &Claimed) -> Result<(), Failure> {

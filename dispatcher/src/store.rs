@@ -70,6 +70,25 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<T, DbError>>) -> R
         })
 }
 
+/// PostgreSQL text cannot hold NUL; providers' error text is not trusted to be clean.
+fn without_nul(s: &str) -> String {
+    s.chars().filter(|c| *c != '\0').collect()
+}
+
+/// A delivery outcome to record.
+pub enum Recorded<'a> {
+    Sent {
+        id: &'a str,
+        provider_message_id: &'a str,
+    },
+    Failed {
+        id: &'a str,
+        error: &'a str,
+        retryable: bool,
+        attempt: i32,
+    },
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
@@ -163,8 +182,7 @@ impl Store {
         retryable: bool,
         attempt: i32,
     ) -> Result<(), DbError> {
-        // PostgreSQL text cannot hold NUL; providers' error text is not trusted to be clean.
-        let error: String = error.chars().filter(|c| *c != '\0').collect();
+        let error = without_nul(error);
         timed(async {
             let c = self.client().await?;
             c.execute(
@@ -174,6 +192,50 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| pg_error("sms_mark_failed", e))
+        })
+        .await
+    }
+
+    /// Records several outcomes in one transaction: one commit instead of one per message. If
+    /// the server refuses any of them (a message purged meanwhile, say), none is kept and the
+    /// caller records them one at a time.
+    pub async fn record_batch(&self, outcomes: &[Recorded<'_>]) -> Result<(), DbError> {
+        timed(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(|e| pg_error("BEGIN", e))?;
+            let sent = tx
+                .prepare_cached("SELECT auth.sms_mark_sent($1::text::uuid, $2)")
+                .await
+                .map_err(|e| pg_error("sms_mark_sent", e))?;
+            let failed = tx
+                .prepare_cached("SELECT auth.sms_mark_failed($1::text::uuid, $2, $3, $4)")
+                .await
+                .map_err(|e| pg_error("sms_mark_failed", e))?;
+            // Sent together on the one connection (pipelined), answered in order.
+            let calls = outcomes.iter().map(|o| {
+                let (tx, sent, failed) = (&tx, &sent, &failed);
+                async move {
+                    match o {
+                        Recorded::Sent {
+                            id,
+                            provider_message_id,
+                        } => tx.execute(sent, &[id, provider_message_id]).await,
+                        Recorded::Failed {
+                            id,
+                            error,
+                            retryable,
+                            attempt,
+                        } => {
+                            let error = without_nul(error);
+                            tx.execute(failed, &[id, &error, retryable, attempt]).await
+                        }
+                    }
+                }
+            });
+            futures_util::future::try_join_all(calls)
+                .await
+                .map_err(|e| pg_error("recording outcomes", e))?;
+            tx.commit().await.map_err(|e| pg_error("COMMIT", e))
         })
         .await
     }
