@@ -1,0 +1,111 @@
+"""The benchmark harness runs end to end: `bash bench/run.sh --smoke --no-build`.
+
+Standalone (starts its own throwaway cluster through bench/run.sh; needs no conftest fixture).
+Asserts only that it succeeds and that the report has a positive number for every workload and
+variant: no timing thresholds, the numbers of a smoke run mean nothing.
+"""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+TPS_WORKLOADS = {
+    "send": ("floor", "plpgsql", "product"),
+    "signin_c2": ("floor", "plpgsql", "product"),
+    "signin_c16": ("floor", "plpgsql", "product"),
+    "refresh": ("floor", "plpgsql", "product"),
+    "wrong_code": ("floor", "plpgsql", "product"),
+    "mfa": ("floor", "plpgsql", "product"),
+    "send_budget_1e8": ("plpgsql", "product"),
+    "send_budget_history": ("plpgsql", "product"),
+    "send_one_ip": ("plpgsql", "product"),
+}
+COLUMNS = ("floor", "plpgsql", "product")
+
+
+def number(cell):
+    cell = cell.strip().replace(",", "").rstrip("×")
+    return float(cell)
+
+
+def table_rows(md, header_start):
+    """The rows (lists of cells) of the markdown table whose header line starts with header_start."""
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(header_start):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip().strip("|").split("|")])
+            return rows
+    raise AssertionError(f"no table starting with {header_start!r} in the report")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    report = tmp_path_factory.mktemp("bench") / "BENCHMARKS.md"
+    env = dict(os.environ, BENCH_REPORT=str(report))
+    env.setdefault("DISPATCHER_BIN", os.path.join(ROOT, "target/debug/pg-otp-dispatcher"))
+    p = subprocess.run(["bash", "bench/run.sh", "--smoke", "--no-build"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    return p, report
+
+
+def test_smoke_run_succeeds(smoke):
+    p, report = smoke
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}"
+    assert report.exists()
+    md = report.read_text()
+    assert "## Problems" in md and "None: every workload completed" in md
+
+
+def test_every_throughput_workload_has_positive_tps(smoke):
+    _, report = smoke
+    md = report.read_text()
+    rows = table_rows(md, "| workload | clients | FLOOR tps")
+    seen = {}
+    for cells in rows:
+        m = re.search(r"\(`([a-z0-9_]+)`\)", cells[0])
+        assert m, cells
+        seen[m.group(1)] = dict(zip(COLUMNS, cells[2:5]))
+    assert set(seen) == set(TPS_WORKLOADS), seen.keys()
+    for wid, variants in TPS_WORKLOADS.items():
+        for v in variants:
+            assert number(seen[wid][v]) > 0, (wid, v, seen[wid][v])
+
+
+def test_wrong_code_guesses_were_counted(smoke):
+    _, report = smoke
+    rows = table_rows(report.read_text(), "| variant | guesses answered")
+    assert [r[0] for r in rows] == ["FLOOR", "PLPGSQL", "PRODUCT"]
+    for r in rows:
+        assert number(r[1]) > 0 and number(r[2]) > 0 and number(r[3]) > 0, r
+
+
+def test_verify_latency_has_positive_percentiles(smoke):
+    _, report = smoke
+    rows = table_rows(report.read_text(), "| history rows per table")
+    assert rows, "no latency row"
+    for r in rows:
+        assert number(r[0]) > 0 and number(r[1]) > 0
+        for cell in r[2:5]:
+            p50, p99 = (number(x) for x in cell.split("/"))
+            assert p50 > 0 and p99 > 0, r
+
+
+def test_dispatcher_throughput_and_latency(smoke):
+    _, report = smoke
+    md = report.read_text()
+    rows = table_rows(md, "| concurrency | messages")
+    assert [r[0] for r in rows] == ["8", "64"]
+    for r in rows:
+        messages, sent, received = number(r[1]), number(r[2]), number(r[3])
+        assert messages > 0 and sent == messages and received == messages, r
+        assert number(r[6]) > 0, r
+    m = re.search(r"\*\*p50 ([\d.,]+) ms, p99 ([\d.,]+) ms\*\*", md)
+    assert m, "no dispatcher latency"
+    assert number(m.group(1)) > 0 and number(m.group(2)) > 0
