@@ -129,10 +129,13 @@ CREATE INDEX sms_outbox_failures ON auth.sms_outbox (updated_at) WHERE last_erro
 CREATE INDEX sms_outbox_finished ON auth.sms_outbox (updated_at) WHERE status IN ('sent', 'dead', 'expired');
 CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status = 'queued';
 
+-- Wakes the dispatcher once the rows are committed (src/wakeup.rs): by NOTIFY
+-- pg_otp_auth_outbox, sent by this transaction or, when preloaded, once for many commits by the
+-- database's attempt recorder.
 CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM pg_notify('pg_otp_auth_outbox', NEW.id::text);
+    PERFORM auth._outbox_changed();
     RETURN NULL;
 END
 $$;

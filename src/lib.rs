@@ -21,6 +21,7 @@ mod recorder;
 mod request;
 mod session;
 mod signin;
+mod wakeup;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 

@@ -233,7 +233,7 @@ pub struct Message<'a> {
 }
 
 /// Renders `code` into the recipient's template and queues the message, unless the code is a
-/// test number's (never sent). The insert trigger notifies `pg_otp_auth_outbox`.
+/// test number's (never sent). The insert trigger wakes the dispatcher (see `wakeup`).
 pub fn queue_code(cfg: &Config, code: &Code, m: &Message) -> Result<Option<Issued>> {
     if code.is_test {
         return Ok(None);

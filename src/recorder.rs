@@ -67,6 +67,8 @@ struct Recorder {
 pub struct Queue {
     recorders: [Recorder; RECORDERS],
     slots: [Slot; SLOTS],
+    /// Databases whose outbox gained rows since their recorder last sent NOTIFY (0: unused).
+    wake_dispatcher: [u32; RECORDERS],
 }
 
 unsafe impl PGRXSharedMemory for Queue {}
@@ -87,6 +89,7 @@ impl Default for Queue {
                 len: 0,
                 payload: [0; PAYLOAD],
             }; SLOTS],
+            wake_dispatcher: [0; RECORDERS],
         }
     }
 }
@@ -215,6 +218,72 @@ pub fn submit(payload: &str) -> Option<bool> {
     }
 }
 
+/// The running recorder of `db`, if any.
+fn running_recorder(q: &Queue, db: u32) -> Option<usize> {
+    q.recorders
+        .iter()
+        .find(|r| r.dboid == db && r.requested_at != 0 && r.proc_ != 0)
+        .map(|r| r.proc_)
+}
+
+/// Whether `db` has a running recorder (to which the dispatcher's wake-up can be handed).
+pub fn running_here() -> bool {
+    preloaded() && running_recorder(&QUEUE.share(), my_database()).is_some()
+}
+
+/// Starts this database's recorder unless it runs or was asked for recently.
+pub fn ensure_running() {
+    if !preloaded() {
+        return;
+    }
+    let db = my_database();
+    if running_recorder(&QUEUE.share(), db).is_some() {
+        return;
+    }
+    let mut q = QUEUE.exclusive();
+    let existing = q
+        .recorders
+        .iter()
+        .position(|r| r.dboid == db && r.requested_at != 0);
+    request_recorder(&mut q, db, existing);
+}
+
+/// After a commit that queued messages: the recorder of this database sends one NOTIFY for all
+/// the commits since its last (see `wakeup`). Called once the commit is visible, so the
+/// dispatcher it wakes finds the rows.
+pub fn wake_dispatcher_after_commit() {
+    let db = my_database();
+    let mut q = QUEUE.exclusive();
+    if !q.wake_dispatcher.contains(&db) {
+        if let Some(free) = q.wake_dispatcher.iter().position(|d| *d == 0) {
+            q.wake_dispatcher[free] = db;
+        }
+    }
+    match running_recorder(&q, db) {
+        Some(recorder) => unsafe { set_latch_of(recorder) },
+        // It exited since the commit began: a new one takes the wake-up over when it starts.
+        None => {
+            let existing = q
+                .recorders
+                .iter()
+                .position(|r| r.dboid == db && r.requested_at != 0);
+            request_recorder(&mut q, db, existing);
+        }
+    }
+}
+
+/// Takes `db`'s pending wake-up, if any.
+fn take_wake_up(db: u32) -> bool {
+    let mut q = QUEUE.exclusive();
+    match q.wake_dispatcher.iter().position(|d| *d == db) {
+        Some(i) => {
+            q.wake_dispatcher[i] = 0;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Asks for a recorder for `db` unless one was asked for recently; the record at hand goes to
 /// the fallback meanwhile.
 fn request_recorder(q: &mut Queue, db: u32, existing: Option<usize>) {
@@ -319,6 +388,12 @@ pub extern "C-unwind" fn pg_otp_auth_recorder_main(arg: pg_sys::Datum) {
     finish(db, None, State::Failed);
     let mut idle_since = Instant::now();
     loop {
+        if take_wake_up(db) {
+            BackgroundWorker::transaction(|| {
+                Spi::run("SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', '')").expect("NOTIFY");
+            });
+            idle_since = Instant::now();
+        }
         let batch = take(db);
         if batch.is_empty() {
             if idle_since.elapsed() >= IDLE_EXIT {

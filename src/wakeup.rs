@@ -1,0 +1,69 @@
+//! Waking the dispatcher when messages are queued.
+//!
+//! `NOTIFY` serialises the commits of every notifying transaction in the cluster: PostgreSQL
+//! holds one lock from a notifying transaction's pre-commit until its commit is flushed, so that
+//! notifications queue in commit order. A NOTIFY per send would cap sending at one commit flush
+//! at a time. When pg_otp_auth is preloaded and the database's recorder runs, a transaction that
+//! queued messages instead tells the recorder once its commit is visible, and the recorder sends
+//! one NOTIFY for every commit since its last. Otherwise the transaction notifies itself, as
+//! before.
+
+use crate::recorder;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's NOTIFY (commands/async.h), which pgrx does not bind.
+    fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
+}
+
+thread_local! {
+    /// This transaction queued a message.
+    static QUEUED: Cell<bool> = const { Cell::new(false) };
+    /// At pre-commit the recorder ran: it sends the wake-up after the commit.
+    static HAND_OVER: Cell<bool> = const { Cell::new(false) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if QUEUED.get() => {
+            if recorder::running_here() {
+                HAND_OVER.set(true);
+            } else {
+                // Still inside the transaction: notify as it commits.
+                unsafe { Async_Notify(c"pg_otp_auth_outbox".as_ptr(), c"".as_ptr()) };
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            if HAND_OVER.get() {
+                recorder::wake_dispatcher_after_commit();
+            }
+            QUEUED.set(false);
+            HAND_OVER.set(false);
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            // A prepared transaction's messages are found by the dispatcher's next poll.
+            QUEUED.set(false);
+            HAND_OVER.set(false);
+        }
+        _ => {}
+    }
+}
+
+/// Called by the outbox's insert trigger.
+#[pg_extern(name = "_outbox_changed")]
+fn outbox_changed() {
+    if !recorder::preloaded() {
+        Spi::run("SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', '')").expect("NOTIFY");
+        return;
+    }
+    // The first sends after a quiet spell notify themselves while the recorder starts.
+    recorder::ensure_running();
+    if !CALLBACK_REGISTERED.get() {
+        unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+        CALLBACK_REGISTERED.set(true);
+    }
+    QUEUED.set(true);
+}
