@@ -135,7 +135,7 @@ CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status =
 CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM auth._outbox_changed();
+    PERFORM auth._outbox_changed(NEW.id);
     RETURN NULL;
 END
 $$;

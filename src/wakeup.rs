@@ -52,11 +52,16 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
-/// Called by the outbox's insert trigger.
+/// Called by the outbox's insert trigger. A transaction that notifies itself names the message
+/// in the payload; a wake-up sent by the recorder covers many and names none.
 #[pg_extern(name = "_outbox_changed")]
-fn outbox_changed() {
+fn outbox_changed(message_id: pgrx::Uuid) {
     if !recorder::preloaded() {
-        Spi::run("SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', '')").expect("NOTIFY");
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', $1::text)",
+            &[message_id.to_string().into()],
+        )
+        .expect("NOTIFY");
         return;
     }
     // The first sends after a quiet spell notify themselves while the recorder starts.

@@ -225,12 +225,18 @@ def test_whatsapp_channel_and_captcha_token_reach_the_outbox(db):
 
 
 def test_outbox_insert_notifies_dispatchers(db):
+    """Not preloaded, the sending transaction notifies and names its message; preloaded, the
+    wake-up comes once the commit is visible, from the transaction itself while the database's
+    recorder starts, else from the recorder for many commits, naming none."""
     listener = db.connect()
     listener.execute("LISTEN pg_otp_auth_outbox")
-    sent = db.rpc("send_sms_otp", phone=PHONE)
-    notes = list(listener.notifies(timeout=5, stop_after=1))
+    preloaded = "pg_otp_auth" in db.one("SHOW shared_preload_libraries")
+    for i in range(3):
+        sent = db.rpc("send_sms_otp", phone=PHONE)
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+        assert len(notes) == 1, f"send {i} woke no listener"
+        assert notes[0].payload == ("" if preloaded else sent["message_id"])
     listener.close()
-    assert [n.payload for n in notes] == [sent["message_id"]]
 
 
 def test_test_numbers_use_fixed_codes_and_send_nothing(db):
