@@ -3,6 +3,7 @@
 mod captcha;
 mod config;
 mod dispatch;
+mod errors;
 mod metrics;
 mod provider;
 mod store;

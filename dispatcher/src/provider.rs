@@ -3,6 +3,7 @@
 //! Building requests and reading answers are pure functions, tested without a network; `send`
 //! only carries them over HTTP.
 
+use crate::errors::{with_causes, without_urls};
 use crate::webhook;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -111,32 +112,13 @@ pub fn redirect_refused(what: &str, status: u16) -> Failure {
     ))
 }
 
-/// A request error without its URL (which may carry a token in its query string or path) and
-/// with its underlying cause, for logs and the outbox's last_error.
+/// A request error without its URL, with its underlying cause, for logs and the outbox's
+/// last_error.
 pub fn describe(e: reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    without_urls(&out)
-}
-
-/// Replaces anything shaped like a URL, in case a lower layer names one.
-pub fn without_urls(text: &str) -> String {
-    text.split(' ')
-        .map(|word| if word.contains("://") { "<url>" } else { word })
-        .collect::<Vec<_>>()
-        .join(" ")
+    without_urls(&with_causes(&e.without_url()))
 }
 
 fn json_of(body: &str) -> Value {
@@ -475,12 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_scrubbed_from_error_text() {
-        assert_eq!(
-            without_urls("error for url (http://h/otp?token=s3cret) here"),
-            "error for url <url> here"
-        );
-        assert_eq!(without_urls("connection refused"), "connection refused");
+    fn redirects_are_permanent_failures() {
         let f = redirect_refused("vonage", 307);
         assert!(!f.retryable && f.message.contains("HTTP 307 redirect refused"));
     }

@@ -1,6 +1,7 @@
 //! The dispatcher's database calls. It uses only the four functions auth.grant_dispatcher()
 //! grants: sms_claim, sms_mark_sent, sms_mark_failed and sms_queue_stats.
 
+use crate::errors::with_causes;
 use crate::provider::Outgoing;
 use crate::tls::Database;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -25,22 +26,6 @@ impl std::fmt::Display for DbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
-}
-
-/// An error with its causes ("error performing TLS handshake: invalid peer certificate: …"):
-/// the outer error alone rarely says what to fix. None of them carries the connection string.
-pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn pg_error(what: &str, e: tokio_postgres::Error) -> DbError {
