@@ -156,13 +156,8 @@ pub fn submit(payload: &str) -> Option<bool> {
     let db = my_database();
     let (slot, recorder_proc) = {
         let mut q = QUEUE.exclusive();
-        let recorder = q
-            .recorders
-            .iter()
-            .position(|r| r.dboid == db && r.requested_at != 0);
-        let running = recorder.map(|i| q.recorders[i].proc_).filter(|p| *p != 0);
-        let Some(recorder_proc) = running else {
-            request_recorder(&mut q, db, recorder);
+        let Some(recorder_proc) = running_recorder(&q, db) else {
+            request_recorder(&mut q, db);
             return None;
         };
         let i = q.slots.iter().position(|s| s.state == State::Free)?;
@@ -218,12 +213,18 @@ pub fn submit(payload: &str) -> Option<bool> {
     }
 }
 
-/// The running recorder of `db`, if any.
-fn running_recorder(q: &Queue, db: u32) -> Option<usize> {
+/// `db`'s entry in the recorder table (asked for or running), if any.
+fn entry_of(q: &Queue, db: u32) -> Option<usize> {
     q.recorders
         .iter()
-        .find(|r| r.dboid == db && r.requested_at != 0 && r.proc_ != 0)
-        .map(|r| r.proc_)
+        .position(|r| r.dboid == db && r.requested_at != 0)
+}
+
+/// The running recorder of `db`, if any.
+fn running_recorder(q: &Queue, db: u32) -> Option<usize> {
+    entry_of(q, db)
+        .map(|i| q.recorders[i].proc_)
+        .filter(|p| *p != 0)
 }
 
 /// Whether `db` has a running recorder (to which the dispatcher's wake-up can be handed).
@@ -240,12 +241,7 @@ pub fn ensure_running() {
     if running_recorder(&QUEUE.share(), db).is_some() {
         return;
     }
-    let mut q = QUEUE.exclusive();
-    let existing = q
-        .recorders
-        .iter()
-        .position(|r| r.dboid == db && r.requested_at != 0);
-    request_recorder(&mut q, db, existing);
+    request_recorder(&mut QUEUE.exclusive(), db);
 }
 
 /// After a commit that queued messages: the recorder of this database sends one NOTIFY for all
@@ -262,13 +258,7 @@ pub fn wake_dispatcher_after_commit() {
     match running_recorder(&q, db) {
         Some(recorder) => unsafe { set_latch_of(recorder) },
         // It exited since the commit began: a new one takes the wake-up over when it starts.
-        None => {
-            let existing = q
-                .recorders
-                .iter()
-                .position(|r| r.dboid == db && r.requested_at != 0);
-            request_recorder(&mut q, db, existing);
-        }
+        None => request_recorder(&mut q, db),
     }
 }
 
@@ -286,9 +276,9 @@ fn take_wake_up(db: u32) -> bool {
 
 /// Asks for a recorder for `db` unless one was asked for recently; the record at hand goes to
 /// the fallback meanwhile.
-fn request_recorder(q: &mut Queue, db: u32, existing: Option<usize>) {
+fn request_recorder(q: &mut Queue, db: u32) {
     let now = epoch_seconds();
-    let entry = match existing {
+    let entry = match entry_of(q, db) {
         Some(i) if now - q.recorders[i].requested_at < START_TIMEOUT_SECS => return,
         Some(i) => i,
         None => match q.recorders.iter().position(|r| r.requested_at == 0) {
