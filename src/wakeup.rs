@@ -57,11 +57,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
 #[pg_extern(name = "_outbox_changed")]
 fn outbox_changed(message_id: pgrx::Uuid) {
     if !recorder::preloaded() {
-        Spi::run_with_args(
+        crate::db::run(
             "SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', $1::text)",
             &[message_id.to_string().into()],
         )
-        .expect("NOTIFY");
+        .unwrap_or_else(|e| error!("{}", e.message));
         return;
     }
     // The first sends after a quiet spell notify themselves while the recorder starts.
