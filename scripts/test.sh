@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of pg_otp_auth: Rust unit tests, #[pg_test]s and the integration suite, on
-# PostgreSQL 15 (Debian's) and 18 (installed by scripts/setup.sh --with-pg18), each on a
+# PostgreSQL 15 (Debian's) and 18 (installed by scripts/setup.sh --for-tests), each on a
 # throwaway cluster. Installs whatever is missing first. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh --with-pg18
+bash scripts/setup.sh --for-tests
 . "$HOME/.cargo/env" 2>/dev/null || true
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -28,7 +28,7 @@ for v in 15 18; do
 done
 # cargo pgrx test installed builds with the #[pg_test] functions; the integration suite (and the
 # schema comparison of its upgrade test) runs against the extension as shipped.
-bash scripts/setup.sh --with-pg18
+bash scripts/setup.sh --for-tests
 
 export DISPATCHER_BIN="$ROOT/target/debug/pg-otp-dispatcher"
 if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/requirements.txt .venv/requirements.txt; then
