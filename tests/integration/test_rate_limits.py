@@ -90,3 +90,24 @@ def test_a_rate_limited_call_writes_nothing(db):
     with raises_auth(429, "over-sms-send-rate-limit"):
         db.rpc("send_sms_otp", phone="+15550606060")
     assert db.counts() == before
+
+
+def test_rate_counters_read_a_fixed_window_and_old_ones_are_purged(db):
+    """Counters older than any window stop counting and are deleted by purge_expired; live ones stay."""
+    db.setting("sms_rate_per_ip", 2)
+    h = {"x-forwarded-for": "203.0.113.77"}
+    db.rpc("send_sms_otp", phone="+15550730001", headers=h)
+    db.rpc("send_sms_otp", phone="+15550730002", headers=h)
+    with raises_auth(429, "over-request-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550730003", headers=h)
+    # The same counters, moved out of the 10-minute window: the address may send again.
+    db.q("UPDATE auth.rate_counters SET bucket_start = bucket_start - interval '11 minutes', "
+         "last_at = last_at - interval '11 minutes' WHERE key = 'send_ip:203.0.113.77'")
+    db.rpc("send_sms_otp", phone="+15550730003", headers=h)
+    db.q("UPDATE auth.rate_counters SET bucket_start = bucket_start - interval '40 days', "
+         "last_at = last_at - interval '40 days' WHERE last_at < now() - interval '10 minutes'")
+    live = db.one("SELECT count(*) FROM auth.rate_counters WHERE last_at > now() - interval '1 hour'")
+    out = db.one("SELECT auth.purge_expired()")
+    assert out["rate_counters"] >= 1
+    assert db.one("SELECT count(*) FROM auth.rate_counters WHERE last_at < now() - interval '30 days'") == 0
+    assert db.one("SELECT count(*) FROM auth.rate_counters") == live
