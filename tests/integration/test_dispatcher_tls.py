@@ -81,9 +81,24 @@ class Run:
         return self.err.read()
 
     def stop(self):
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         out, _ = self.proc.communicate(timeout=30)
         return out, self.stderr()
+
+
+@pytest.fixture
+def dispatch():
+    """Starts dispatchers that are stopped at the end of the test even when it fails."""
+    runs = []
+
+    def start(database_url):
+        runs.append(Run(database_url))
+        return runs[-1]
+
+    yield start
+    for r in runs:
+        r.stop()
 
 
 def queue(dsn, phone):
@@ -112,13 +127,13 @@ def assert_no_secrets(text, *urls):
 
 
 @pytest.mark.parametrize("form", ["key=value", "url"])
-def test_require_connects_over_tls(tls_cluster, form):
+def test_require_connects_over_tls(tls_cluster, form, dispatch):
     port = tls_cluster["port"]
     url = (f"host=127.0.0.1 port={port} user=otp_dispatcher password={PASSWORD} dbname=postgres sslmode=require"
            if form == "key=value" else
            f"postgres://otp_dispatcher:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=require")
     mid = queue(tls_cluster["dsn"], "+15550930001" if form == "url" else "+15550930002")
-    d = Run(url)
+    d = dispatch(url)
     wait_for(lambda: status(tls_cluster["dsn"], mid) == "sent", "delivery")
     with psycopg.connect(tls_cluster["dsn"]) as c:
         ssl = c.execute("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
@@ -128,11 +143,11 @@ def test_require_connects_over_tls(tls_cluster, form):
     assert_no_secrets(out + err, url)
 
 
-def test_verify_full_with_the_right_root_connects(tls_cluster):
+def test_verify_full_with_the_right_root_connects(tls_cluster, dispatch):
     url = (f"postgresql://otp_dispatcher:{PASSWORD}@localhost:{tls_cluster['port']}/postgres"
            f"?sslmode=verify-full&sslrootcert={tls_cluster['dir']}/ca.pem")
     mid = queue(tls_cluster["dsn"], "+15550930003")
-    d = Run(url)
+    d = dispatch(url)
     wait_for(lambda: status(tls_cluster["dsn"], mid) == "sent", "delivery")
     out, err = d.stop()
     assert_no_secrets(out + err, url)
@@ -143,33 +158,33 @@ def test_verify_full_with_the_right_root_connects(tls_cluster):
     ("verify-full", "other-ca.pem", "UnknownIssuer"),
     ("verify-ca", "other-ca.pem", "UnknownIssuer"),
 ])
-def test_verification_failures_refuse_with_a_clear_error(tls_cluster, mode, root, expected):
+def test_verification_failures_refuse_with_a_clear_error(tls_cluster, mode, root, expected, dispatch):
     url = (f"host=db.wrong-name.invalid hostaddr=127.0.0.1 port={tls_cluster['port']} user=otp_dispatcher "
            f"password={PASSWORD} dbname=postgres sslmode={mode} sslrootcert={tls_cluster['dir']}/{root}")
     mid = queue(tls_cluster["dsn"], "+15550930004")
-    d = Run(url)
+    d = dispatch(url)
     wait_for(lambda: expected in d.stderr(), f"the {expected} error", timeout=15, log=d)
     out, err = d.stop()
     assert status(tls_cluster["dsn"], mid) == "queued"
     assert_no_secrets(out + err, url)
 
 
-def test_verify_ca_does_not_check_the_name(tls_cluster):
+def test_verify_ca_does_not_check_the_name(tls_cluster, dispatch):
     url = (f"host=db.wrong-name.invalid hostaddr=127.0.0.1 port={tls_cluster['port']} user=otp_dispatcher "
            f"password={PASSWORD} dbname=postgres sslmode=verify-ca sslrootcert={tls_cluster['dir']}/ca.pem")
     mid = queue(tls_cluster["dsn"], "+15550930005")
-    d = Run(url)
+    d = dispatch(url)
     wait_for(lambda: status(tls_cluster["dsn"], mid) == "sent", "delivery")
     d.stop()
 
 
-def test_a_server_without_tls_is_refused_under_require(db):
+def test_a_server_without_tls_is_refused_under_require(db, dispatch):
     """The suite's own cluster has no TLS."""
     db.q("DO $$ BEGIN CREATE ROLE otp_dispatcher LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     db.q("SELECT auth.grant_dispatcher('otp_dispatcher')")
     mid = db.rpc("send_sms_otp", phone="+15550930006")["message_id"]
     url = f"host=127.0.0.1 port={os.environ['PGPORT']} user=otp_dispatcher password={PASSWORD} dbname={db.name} sslmode=require"
-    d = Run(url)
+    d = dispatch(url)
     wait_for(lambda: "TLS" in d.stderr() or "tls" in d.stderr(), "the TLS error")
     out, err = d.stop()
     assert db.one("SELECT status FROM auth.sms_outbox WHERE id = %s", mid) == "queued"
