@@ -380,6 +380,20 @@ BEGIN
 END
 $$;
 
+-- Backends keep the settings and secrets once read (src/config.rs); a change to either table
+-- makes every backend drop its copy when the change commits.
+CREATE FUNCTION auth._settings_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM auth._forget_settings(TG_RELID);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.config
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
+CREATE TRIGGER secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
+
 -- Least privilege: nothing in schema auth is executable by PUBLIC unless granted below.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA auth FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -132,3 +132,25 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION auth."_forget_settings"("rel" oid) RETURNS void
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'forget_wrapper';
+REVOKE EXECUTE ON FUNCTION auth._forget_settings(oid) FROM PUBLIC;
+
+-- Backends keep the settings and secrets once read (src/config.rs); a change to either table
+-- makes every backend drop its copy when the change commits.
+CREATE FUNCTION auth._settings_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM auth._forget_settings(TG_RELID);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.config
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
+CREATE TRIGGER secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
+
+REVOKE EXECUTE ON FUNCTION auth._settings_changed() FROM PUBLIC;

@@ -254,12 +254,10 @@ pub fn record(action: &Action) -> Result<()> {
 /// already written, the worker cannot see what the caller wrote (such as a code it just sent).
 /// Must be the caller's first database access (see [`db::read_row`]).
 pub fn require_own_transaction() -> Result<()> {
-    let ok = db::read_row(
-        "SELECT to_jsonb(current_setting('transaction_isolation') = 'read committed'
-                         AND pg_current_xact_id_if_assigned() IS NULL)",
-        &[],
-    )?;
-    if ok == Some(serde_json::Value::Bool(true)) {
+    let read_committed = unsafe { pg_sys::XactIsoLevel } == pg_sys::XACT_READ_COMMITTED as i32;
+    let nothing_written =
+        unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId;
+    if read_committed && nothing_written {
         Ok(())
     } else {
         Err(AuthError::invalid_request(

@@ -5,7 +5,11 @@ use pg_otp_auth_core::config::{self, Config, Kind, SETTINGS};
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pgrx::prelude::*;
 use pgrx::JsonB;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 fn overrides() -> Result<Map<String, Value>> {
     let v = db::row(
@@ -15,9 +19,99 @@ fn overrides() -> Result<Map<String, Value>> {
     Ok(v.and_then(|v| v.as_object().cloned()).unwrap_or_default())
 }
 
-pub fn load() -> Result<Config> {
+/// The settings and secrets as this backend last read them. They change rarely and every call
+/// needs them, so they are read once and kept until a statement trigger on auth.config or
+/// auth.secrets sends a relcache invalidation for its table (see `forget`), which every backend
+/// processes before its next transaction reads anything: a committed change is seen from the
+/// next transaction on, as a fresh read would see it.
+struct Loaded {
+    config: Rc<Config>,
+    secrets: HashMap<String, Vec<u8>>,
+    /// The oids of auth.config and auth.secrets, whose invalidations drop this.
+    relids: [pg_sys::Oid; 2],
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+    /// Bumped by every invalidation that drops the cache: a read that raced one is not kept.
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = LOADED.with(|l| match l.try_borrow() {
+        Ok(l) => l
+            .as_ref()
+            .is_none_or(|c| relid == pg_sys::InvalidOid || c.relids.contains(&relid)),
+        Err(_) => true,
+    });
+    if ours {
+        GENERATION.set(GENERATION.get() + 1);
+        LOADED.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                *l = None;
+            }
+        });
+    }
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    config: Map<String, Value>,
+    secrets: HashMap<String, String>,
+    relids: [u32; 2],
+}
+
+fn loaded() -> Result<Rc<Loaded>> {
     require_schema_of_this_library()?;
-    Config::from_overrides(&overrides()?)
+    if let Some(l) = LOADED.with(|l| l.borrow().clone()) {
+        return Ok(l);
+    }
+    if !CALLBACK_REGISTERED.get() {
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+        CALLBACK_REGISTERED.set(true);
+    }
+    let generation = GENERATION.get();
+    let stored: Stored = db::row_as(
+        "SELECT jsonb_build_object(
+             'config', (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM auth.config),
+             'secrets', (SELECT coalesce(jsonb_object_agg(name, encode(value, 'hex')), '{}')
+                         FROM auth.secrets),
+             'relids', jsonb_build_array('auth.config'::regclass::oid::int8,
+                                         'auth.secrets'::regclass::oid::int8))",
+        &[],
+    )?
+    .ok_or_else(|| AuthError::internal("The settings are unreadable."))?;
+    let l = Rc::new(Loaded {
+        config: Rc::new(Config::from_overrides(&stored.config)?),
+        secrets: stored
+            .secrets
+            .into_iter()
+            .map(|(k, v)| (k, db::from_hex(&v)))
+            .collect(),
+        relids: stored.relids.map(pg_sys::Oid::from),
+    });
+    if GENERATION.get() == generation {
+        LOADED.with(|c| *c.borrow_mut() = Some(l.clone()));
+    }
+    Ok(l)
+}
+
+pub fn load() -> Result<Rc<Config>> {
+    Ok(loaded()?.config.clone())
+}
+
+/// Makes every backend drop its cached settings when the transaction that changed them commits
+/// (and this one at once). Called by the statement triggers on auth.config and auth.secrets.
+#[pg_extern(name = "_forget_settings")]
+fn forget(rel: pg_sys::Oid) {
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
 }
 
 /// After a new library is installed, databases still have the old version's schema until
@@ -48,11 +142,11 @@ fn require_schema_of_this_library() -> Result<()> {
 }
 
 pub fn secret(name: &str) -> Result<Vec<u8>> {
-    db::bytes(
-        "SELECT value FROM auth.secrets WHERE name = $1",
-        &[db::text(name)],
-    )?
-    .ok_or_else(|| AuthError::internal(format!("The {name} secret is missing.")))
+    loaded()?
+        .secrets
+        .get(name)
+        .cloned()
+        .ok_or_else(|| AuthError::internal(format!("The {name} secret is missing.")))
 }
 
 fn listing() -> Result<Value> {

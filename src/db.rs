@@ -127,20 +127,6 @@ pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
     })
 }
 
-pub fn bytes(sql: &str, args: &[Arg]) -> Result<Option<Vec<u8>>> {
-    with_plan(sql, args, true, |plan| bytes_of(plan, args))
-}
-
-fn bytes_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Option<Vec<u8>>> {
-    Spi::connect_mut(|client| {
-        let table = client.update(plan, None, args).map_err(spi_error)?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        table.first().get_one::<Vec<u8>>().map_err(spi_error)
-    })
-}
-
 /// Serialises work on one key (a phone, a factor, a ticket, a user) until the transaction ends.
 pub fn lock(kind: &str, key: &str) -> Result<()> {
     run(

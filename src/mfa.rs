@@ -2,7 +2,7 @@
 //! tickets and recovery codes.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, admit_send, lock_phone, Issued};
+use crate::outbox::{self, lock_phone, Issued};
 use crate::request::{self, CurrentSession};
 use crate::{audit, config, db, session};
 use pg_otp_auth_core::config::Config;
@@ -115,13 +115,12 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 }
 
 fn now_epoch() -> Result<i64> {
-    // clock_timestamp(): a transaction held open must not freeze the TOTP time step.
-    db::row(
-        "SELECT to_jsonb(floor(extract(epoch FROM clock_timestamp()))::bigint)",
-        &[],
-    )?
-    .and_then(|v| v.as_i64())
-    .ok_or_else(|| AuthError::internal("now() failed"))
+    // The wall clock (as clock_timestamp()): a transaction held open must not freeze the TOTP
+    // time step.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .map_err(|_| AuthError::internal("The clock is before 1970."))
 }
 
 /// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
@@ -324,7 +323,8 @@ fn start_challenge(
     if let Some(number) = factor.phone.as_deref() {
         // Phone challenges are sends like sign-in codes: same lock, cooldown and limits.
         lock_phone(number)?;
-        admit_send(cfg, number, ip, channel, true)?;
+        outbox::admit(cfg, number, ip)?;
+        outbox::record_send(cfg, number, ip, channel, true, None)?;
         let c = outbox::new_code(cfg, number)?;
         let pepper = config::secret("otp_pepper")?;
         code_hash = Some(otp::hash_code(
@@ -540,27 +540,29 @@ fn check_setup_allowed(me: &CurrentSession, factor: &Factor) -> Result<()> {
 /// (only the one issued next is valid, so a token stolen at aal1 never mints aal2 access tokens)
 /// and the user's other sessions below aal2 are revoked. Returns how many sessions were revoked.
 fn raise_to_aal2(me: &CurrentSession, method: &str) -> Result<i64> {
-    db::run(
-        "UPDATE auth.sessions SET aal = 'aal2',
-             amr = amr || jsonb_build_array(jsonb_build_object(
-                 'method', $2::text, 'timestamp', floor(extract(epoch FROM now()))::bigint))
-         WHERE id = $1::uuid",
-        &[db::text(&me.session_id), db::text(method)],
-    )?;
-    if me.aal == "aal2" {
-        return Ok(0);
-    }
-    db::run(
-        "DELETE FROM auth.refresh_tokens WHERE session_id = $1::uuid",
-        &[db::text(&me.session_id)],
-    )?;
+    // A session rising from aal1 loses its earlier refresh tokens, and the user's other
+    // sessions below aal2 are revoked.
+    let rising = me.aal != "aal2";
     Ok(db::row(
-        "WITH r AS (
+        "WITH raised AS (
+             UPDATE auth.sessions SET aal = 'aal2',
+                 amr = amr || jsonb_build_array(jsonb_build_object(
+                     'method', $3::text, 'timestamp', floor(extract(epoch FROM now()))::bigint))
+             WHERE id = $2::uuid),
+         earlier_tokens AS (
+             DELETE FROM auth.refresh_tokens WHERE $4 AND session_id = $2::uuid),
+         revoked AS (
              UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'mfa_upgrade'
-             WHERE user_id = $1::uuid AND id <> $2::uuid AND aal <> 'aal2' AND revoked_at IS NULL
+             WHERE $4 AND user_id = $1::uuid AND id <> $2::uuid AND aal <> 'aal2'
+               AND revoked_at IS NULL
              RETURNING 1)
-         SELECT to_jsonb(count(*)) FROM r",
-        &[db::text(&me.user_id), db::text(&me.session_id)],
+         SELECT to_jsonb(count(*)) FROM revoked",
+        &[
+            db::text(&me.user_id),
+            db::text(&me.session_id),
+            db::text(method),
+            rising.into(),
+        ],
     )?
     .and_then(|v| v.as_i64())
     .unwrap_or(0))
@@ -600,7 +602,7 @@ fn unenroll(factor_id: Option<Uuid>) -> Result<Value> {
     audit(
         "mfa_unenrolled",
         &me.user_id,
-        request::client_ip(&config::load()?)?.as_deref(),
+        request::client_ip(&*config::load()?)?.as_deref(),
         json!({"factor_id": factor.id, "factor_type": factor.factor_type}),
     )?;
     Ok(json!({"id": factor.id}))
@@ -639,10 +641,9 @@ fn assurance_level() -> Result<Value> {
 }
 
 /// Called by verify_sms_otp when the user owes a second factor: a ticket instead of a session.
-pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Option<Value>> {
-    if !cfg.mfa_signin_requires_totp || verified_totp_factor(user_id)?.is_none() {
-        return Ok(None);
-    }
+/// A sign-in ticket for a user whose sign-in needs a second factor (`mfa_signin_requires_totp`
+/// and a verified TOTP factor): the session is started only by `signin_mfa_*` with the ticket.
+pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Value> {
     let ticket = format_ticket(&otp::random_uuid()?);
     db::run(
         "INSERT INTO auth.mfa_tickets (ticket_hash, user_id, first_amr, ip, expires_at)
@@ -658,7 +659,7 @@ pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Opt
         ],
     )?;
     audit("mfa_ticket_issued", user_id, ip, json!({}))?;
-    Ok(Some(json!({"ticket": ticket})))
+    Ok(json!({"ticket": ticket}))
 }
 
 #[derive(Deserialize)]
@@ -817,7 +818,7 @@ fn generate_recovery_codes() -> Result<Value> {
     audit(
         "recovery_codes_generated",
         &me.user_id,
-        request::client_ip(&config::load()?)?.as_deref(),
+        request::client_ip(&*config::load()?)?.as_deref(),
         json!({}),
     )?;
     Ok(json!(codes))

@@ -7,14 +7,7 @@ use pg_otp_auth_core::error::{AuthError, Result};
 use pg_otp_auth_core::{otp, ratelimit, template};
 use serde::Deserialize;
 use serde_json::Value;
-
-#[derive(Deserialize)]
-struct Usage {
-    phone: Vec<f64>,
-    last: Option<f64>,
-    ip: Vec<(f64, i64)>,
-    global: Vec<(f64, i64)>,
-}
+use std::sync::LazyLock;
 
 /// A family of rate counters in auth.rate_counters: the key's prefix, the bucket width, and how
 /// many shards concurrent writers spread over (each backend writes its own).
@@ -75,32 +68,51 @@ impl Counter {
     }
 }
 
-/// Applies the cooldown and the per-phone, per-IP and global limits, then records this request.
+/// The phone's user, if any: who a code request is for.
+#[derive(Debug, Deserialize)]
+pub struct Recipient {
+    pub id: String,
+    pub disabled: bool,
+    pub locale: String,
+}
+
+#[derive(Deserialize)]
+struct Admission {
+    recipient: Option<Recipient>,
+    phone: Vec<f64>,
+    last: Option<f64>,
+    ip: Vec<(f64, i64)>,
+    global: Vec<(f64, i64)>,
+}
+
+static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT jsonb_build_object(
+            'recipient', (SELECT jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)
+                          FROM auth.users WHERE phone = $1),
+            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
+                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
+                ORDER BY created_at DESC LIMIT $3) x),
+            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
+                     FROM auth.send_events WHERE phone = $1),
+            'ip', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {ip} END,
+            'global', {global})",
+        ip = SEND_IP.buckets_sql(Some("host($4::inet)"), "$5", "now()"),
+        global = BUDGET.buckets_sql(None, "3600", "now()"),
+    )
+});
+
+/// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
+/// `phone`, and answers the phone's user (read in the same statement). The caller holds the
+/// phone's lock (`lock_phone`) and then records the request with [`record_send`].
 ///
-/// Sends for one phone are serialised by an advisory lock, so the per-phone limit is exact. The
-/// per-IP limit and the global budget are read from bucketed counters (a fixed number of rows)
-/// and are approximate only under concurrency.
-pub fn admit_send(
-    cfg: &Config,
-    phone: &str,
-    ip: Option<&str>,
-    channel: &str,
-    will_queue: bool,
-) -> Result<()> {
-    let u: Usage = db::row_as(
-        &format!(
-            "SELECT jsonb_build_object(
-                'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                    SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
-                    WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
-                    ORDER BY created_at DESC LIMIT $3) x),
-                'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
-                         FROM auth.send_events WHERE phone = $1),
-                'ip', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {ip} END,
-                'global', {global})",
-            ip = SEND_IP.buckets_sql(Some("host($4::inet)"), "$5", "now()"),
-            global = BUDGET.buckets_sql(None, "3600", "now()"),
-        ),
+/// Sends for one phone are serialised by that lock, so the per-phone limit is exact. The per-IP
+/// limit and the global budget are read from bucketed counters (a fixed number of rows) and are
+/// approximate only under concurrency.
+pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recipient>> {
+    let u: Admission = db::row_as(
+        &ADMISSION_SQL,
         &[
             db::text(phone),
             cfg.sms_rate_per_phone_window.into(),
@@ -150,23 +162,93 @@ pub fn admit_send(
             s,
         ));
     }
-    db::run(
-        &format!(
-            "WITH e AS (
-                 INSERT INTO auth.send_events (phone, ip, channel, queued)
-                 VALUES ($1, $2::inet, $3, $4))
+    Ok(u.recipient)
+}
+
+/// A code to store with the request that [`record_send`] records: it supersedes the phone's
+/// earlier live codes of its purpose and their queued messages.
+pub struct NewCode<'a> {
+    pub user_id: &'a str,
+    pub purpose: &'a str,
+    pub hash: Vec<u8>,
+    pub ttl_seconds: i64,
+    /// The rendered message, None for a test number (stored, never sent).
+    pub body: Option<String>,
+    pub captcha_token: Option<&'a str>,
+}
+
+static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH event AS (
+             INSERT INTO auth.send_events (phone, ip, channel, queued)
+             VALUES ($1, $2::inet, $3, $4)),
+         counted AS (
              INSERT INTO auth.rate_counters AS r (key, bucket_start, shard, hits, last_at)
              SELECT k, to_timestamp(floor(extract(epoch FROM now()) / w) * w), s, 1, now()
              FROM (VALUES ({ip_key}, {ip_width}, $5), ({budget_key}, {budget_width}, $6))
                   AS v (k, w, s)
              WHERE k IS NOT NULL AND (k <> {budget_key} OR $4)
              ON CONFLICT (key, bucket_start, shard)
-             DO UPDATE SET hits = r.hits + 1, last_at = greatest(r.last_at, excluded.last_at)",
-            ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
-            budget_key = BUDGET.key_sql(None),
-            ip_width = SEND_IP.bucket_seconds,
-            budget_width = BUDGET.bucket_seconds,
+             DO UPDATE SET hits = r.hits + 1, last_at = greatest(r.last_at, excluded.last_at)),
+         superseded_codes AS (
+             UPDATE auth.otp_codes SET invalidated_at = now()
+             WHERE $7::uuid IS NOT NULL AND subject = $1 AND purpose = $8
+               AND consumed_at IS NULL AND invalidated_at IS NULL),
+         superseded_messages AS (
+             -- Not yet handed to a provider, they would only deliver a dead code.
+             UPDATE auth.sms_outbox
+             SET status = 'expired', body = NULL, captcha_token = NULL,
+                 last_error = 'superseded by a newer code', updated_at = now()
+             WHERE $7::uuid IS NOT NULL AND phone = $1 AND purpose = $8 AND status = 'queued'),
+         code AS (
+             INSERT INTO auth.otp_codes (user_id, purpose, subject, code_hash, expires_at)
+             SELECT $7::uuid, $8, $1, $9, now() + make_interval(secs => $10)
+             WHERE $7::uuid IS NOT NULL
+             RETURNING id, expires_at),
+         message AS (
+             INSERT INTO auth.sms_outbox
+                 (phone, channel, body, captcha_token, purpose, user_id, expires_at)
+             SELECT $1, $3, $11, $12, $8, $7::uuid, code.expires_at FROM code
+             WHERE $11::text IS NOT NULL
+             RETURNING id, expires_at)
+         SELECT coalesce(
+             (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM message),
+             (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM code),
+             jsonb_build_object('id', gen_random_uuid(),
+                                'expires_at', now() + make_interval(secs => $10)))",
+        ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
+        budget_key = BUDGET.key_sql(None),
+        ip_width = SEND_IP.bucket_seconds,
+        budget_width = BUDGET.bucket_seconds,
+    )
+});
+
+/// Records an admitted code request (the send event and the rate counters; the budget counts
+/// it only if a message is queued), and stores `code` and queues its message, all in one
+/// statement. Answers the message (or, for a test number, the code); without a code, an id and
+/// expiry of the same shape that name nothing, so callers cannot tell the cases apart.
+/// The outbox insert trigger wakes the dispatcher (see `wakeup`).
+pub fn record_send(
+    cfg: &Config,
+    phone: &str,
+    ip: Option<&str>,
+    channel: &str,
+    will_queue: bool,
+    code: Option<NewCode>,
+) -> Result<Issued> {
+    let (user_id, purpose, hash, ttl, body, captcha_token) = match code {
+        Some(c) => (
+            Some(c.user_id),
+            c.purpose,
+            Some(c.hash),
+            c.ttl_seconds,
+            c.body,
+            c.captcha_token,
         ),
+        None => (None, "", None, cfg.otp_ttl, None, None),
+    };
+    db::row_as(
+        &RECORD_SQL,
         &[
             db::text(phone),
             db::opt_text(ip),
@@ -174,8 +256,15 @@ pub fn admit_send(
             will_queue.into(),
             SEND_IP.shard().into(),
             BUDGET.shard().into(),
+            db::opt_text(user_id),
+            db::text(purpose),
+            hash.into(),
+            ttl.into(),
+            db::opt_text(body.as_deref()),
+            db::opt_text(captcha_token),
         ],
-    )
+    )?
+    .ok_or_else(|| AuthError::internal("The code could not be stored."))
 }
 
 pub fn lock_phone(phone: &str) -> Result<()> {
@@ -235,12 +324,24 @@ pub struct Message<'a> {
 /// Renders `code` into the recipient's template and queues the message, unless the code is a
 /// test number's (never sent). The insert trigger wakes the dispatcher (see `wakeup`).
 pub fn queue_code(cfg: &Config, code: &Code, m: &Message) -> Result<Option<Issued>> {
+    match body(cfg, code, m.locale, m.ttl_seconds)? {
+        Some(body) => queue(m, &body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The message carrying `code` in the template of `locale`; None for a test number's code.
+pub fn body(
+    cfg: &Config,
+    code: &Code,
+    locale: Option<&str>,
+    ttl_seconds: i64,
+) -> Result<Option<String>> {
     if code.is_test {
         return Ok(None);
     }
-    let ttl_minutes = (m.ttl_seconds + 59) / 60;
-    let body = template::render(cfg.template_for(m.locale), &code.value, ttl_minutes)?;
-    queue(m, &body).map(Some)
+    let ttl_minutes = (ttl_seconds + 59) / 60;
+    template::render(cfg.template_for(locale), &code.value, ttl_minutes).map(Some)
 }
 
 fn queue(m: &Message, body: &str) -> Result<Issued> {

@@ -3,20 +3,16 @@
 use crate::db;
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
+use pgrx::pg_sys;
 use serde::Deserialize;
 
 /// The client IP: from the configured forwarding header of `request.headers` (as PostgREST
 /// sets it), believing only what the trusted proxies appended (see `core::client_ip`), else the
 /// address of the database connection (none over a Unix socket). Never fails on bad headers.
 pub fn client_ip(cfg: &Config) -> Result<Option<String>> {
-    let v = db::row(
-        "SELECT jsonb_build_object('headers', nullif(current_setting('request.headers', true), ''),
-                                   'peer', host(inet_client_addr()))",
-        &[],
-    )?
-    .unwrap_or_default();
-    let header = v["headers"]
-        .as_str()
+    let headers = setting(c"request.headers");
+    let header = headers
+        .as_deref()
         .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
         .and_then(|h| {
             h.get(cfg.client_ip_header.as_str())
@@ -26,8 +22,24 @@ pub fn client_ip(cfg: &Config) -> Result<Option<String>> {
         &cfg.client_ip_header,
         header.as_deref(),
         cfg.trusted_proxy_hops,
-        v["peer"].as_str(),
+        peer_address().as_deref(),
     ))
+}
+
+/// A custom setting of this session (`current_setting(name, true)`), None when unset or empty.
+fn setting(name: &std::ffi::CStr) -> Option<String> {
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }.to_string_lossy();
+    (!value.is_empty()).then(|| value.into_owned())
+}
+
+/// `inet_client_addr()`: the connection's peer, None over a Unix socket.
+fn peer_address() -> Option<String> {
+    unsafe { pgrx::direct_function_call::<pgrx::Inet>(pg_sys::inet_client_addr, &[]) }
+        .map(|inet| inet.0)
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +49,7 @@ pub struct CurrentSession {
     /// The session row's level: raised by an MFA verification.
     pub aal: String,
     /// The presented access token's `aal` claim: what the credential in hand was issued for.
+    #[serde(default)]
     pub claim_aal: Option<String>,
     pub amr: serde_json::Value,
 }
@@ -63,18 +76,46 @@ impl CurrentSession {
 /// `request.jwt.claims` still needs an unguessable, unrevoked session id to act as a user, and
 /// an expired token's claims are refused.
 pub fn current_session() -> Result<CurrentSession> {
-    db::row_as::<CurrentSession>(
-        "WITH c AS (SELECT auth.jwt() AS j)
-         SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal,
-                                  'claim_aal', c.j ->> 'aal', 'amr', s.amr)
-         FROM c, auth.sessions s JOIN auth.users u ON u.id = s.user_id
-         WHERE s.id = CASE WHEN (c.j ->> 'session_id') ~* '^[0-9a-f-]{36}$'
-                           THEN (c.j ->> 'session_id')::uuid END
-           AND s.user_id::text = c.j ->> 'sub'
-           AND s.revoked_at IS NULL AND NOT u.disabled
-           AND (c.j ->> 'exp') ~ '^[0-9]{1,12}$'
-           AND (c.j ->> 'exp')::bigint > extract(epoch FROM clock_timestamp())",
-        &[],
+    let claims = setting(c"request.jwt.claims")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+        .unwrap_or_default();
+    let text = |name: &str| match &claims[name] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let session_id = text("session_id").filter(|id| is_uuid(id));
+    let expires = text("exp")
+        .filter(|e| (1..=12).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|e| e.parse::<u64>().ok());
+    let (Some(session_id), Some(sub), Some(expires)) = (session_id, text("sub"), expires) else {
+        return Err(AuthError::not_authenticated());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(f64::MAX);
+    if expires as f64 <= now {
+        return Err(AuthError::not_authenticated());
+    }
+    let mut me = db::row_as::<CurrentSession>(
+        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal,
+                                  'amr', s.amr)
+         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
+         WHERE s.id = $1::uuid AND s.user_id::text = $2
+           AND s.revoked_at IS NULL AND NOT u.disabled",
+        &[db::text(&session_id), db::text(&sub)],
     )?
-    .ok_or_else(AuthError::not_authenticated)
+    .ok_or_else(AuthError::not_authenticated)?;
+    me.claim_aal = text("aal");
+    Ok(me)
+}
+
+/// The canonical text form of a uuid (8-4-4-4-12 hex digits), as session ids are issued.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }

@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 /// The `user` object of a session, as the API returns it.
 pub const USER_JSON: &str = "jsonb_build_object(
@@ -28,18 +29,56 @@ pub const USER_JSON: &str = "jsonb_build_object(
 
 #[derive(Deserialize)]
 struct SessionRow {
+    id: String,
     aal: String,
     amr: Vec<AuthMethod>,
     now: i64,
     user: Value,
+    refresh_token_id: Value,
 }
+
+/// The row that tokens are issued from: the session with its user, read together with the
+/// new refresh token's insert (the CTE `s` names the session, `t` the token).
+fn issued_row_sql(session: &str) -> String {
+    format!(
+        "{session},
+         t AS (INSERT INTO auth.refresh_tokens (session_id, parent_id, token_hash, expires_at)
+               SELECT s.id, $2::uuid, $3, now() + make_interval(secs => $4) FROM s
+               RETURNING id)
+         SELECT jsonb_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
+                                   'now', floor(extract(epoch FROM now()))::bigint,
+                                   'user', {USER_JSON}, 'refresh_token_id', (SELECT id FROM t))
+         FROM s JOIN auth.users u ON u.id = s.user_id"
+    )
+}
+
+/// Inserts a session (aal $5, amr $6 plus method $7 now, ip $8) for user $1 and its first
+/// refresh token ($3 hashed, lifetime $4 seconds; $2 no parent).
+static START_SQL: LazyLock<String> = LazyLock::new(|| {
+    issued_row_sql(
+        "WITH s AS (
+             INSERT INTO auth.sessions (user_id, aal, amr, ip)
+             VALUES ($1::uuid, $5, $6 || jsonb_build_array(jsonb_build_object(
+                         'method', $7::text, 'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                     $8::inet)
+             RETURNING id, user_id, aal, amr)",
+    )
+});
+
+/// Session $1's next refresh token (parent $2, $3 hashed, lifetime $4 seconds).
+static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    issued_row_sql(
+        "WITH s AS (SELECT id, user_id, aal, amr FROM auth.sessions WHERE id = $1::uuid)",
+    )
+});
 
 /// Starts an aal1 session for `user_id`, authenticated by `method`, and issues its tokens.
 pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Result<Value> {
     start_with(cfg, user_id, "aal1", json!([]), method, ip)
 }
 
-/// Starts a session whose `amr` is `earlier_amr` plus `method` now.
+/// Starts a session whose `amr` is `earlier_amr` plus `method` now, and issues its tokens: one
+/// statement.
 pub fn start_with(
     cfg: &Config,
     user_id: &str,
@@ -48,40 +87,29 @@ pub fn start_with(
     method: &str,
     ip: Option<&str>,
 ) -> Result<Value> {
-    let id = db::row(
-        "INSERT INTO auth.sessions (user_id, aal, amr, ip)
-         VALUES ($1::uuid, $2, $3 || jsonb_build_array(jsonb_build_object(
-                     'method', $4::text, 'timestamp', floor(extract(epoch FROM now()))::bigint)),
-                 $5::inet)
-         RETURNING to_jsonb(id)",
+    let refresh_token = new_refresh_token()?;
+    let row: SessionRow = db::row_as(
+        &START_SQL,
         &[
             db::text(user_id),
+            db::opt_text(None),
+            refresh_token_hash(&refresh_token).into(),
+            cfg.refresh_token_ttl.into(),
             db::text(aal),
             db::jsonb(earlier_amr),
             db::text(method),
             db::opt_text(ip),
         ],
     )?
-    .and_then(|v| v.as_str().map(str::to_string))
     .ok_or_else(|| AuthError::internal("The session could not be created."))?;
-    issue(cfg, &id, None)
+    tokens(cfg, row, refresh_token)
 }
 
 /// Issues an access token and a new refresh token for an existing session.
 pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Value> {
-    let sql = format!(
-        "SELECT jsonb_build_object('aal', s.aal, 'amr', s.amr,
-                                   'now', floor(extract(epoch FROM now()))::bigint, 'user', {USER_JSON})
-         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
-         WHERE s.id = $1::uuid"
-    );
-    let s: SessionRow = db::row_as(&sql, &[db::text(session_id)])?
-        .ok_or_else(|| AuthError::internal("The session vanished while issuing tokens."))?;
     let refresh_token = new_refresh_token()?;
-    let refresh_token_id = db::row(
-        "INSERT INTO auth.refresh_tokens (session_id, parent_id, token_hash, expires_at)
-         VALUES ($1::uuid, $2::uuid, $3, now() + make_interval(secs => $4))
-         RETURNING to_jsonb(id)",
+    let row: SessionRow = db::row_as(
+        &ISSUE_SQL,
         &[
             db::text(session_id),
             db::opt_text(parent_token_id),
@@ -89,8 +117,11 @@ pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> R
             cfg.refresh_token_ttl.into(),
         ],
     )?
-    .unwrap_or(Value::Null);
+    .ok_or_else(|| AuthError::internal("The session vanished while issuing tokens."))?;
+    tokens(cfg, row, refresh_token)
+}
 
+fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Value> {
     let user = &s.user;
     let user_id = user["id"].as_str().unwrap_or_default();
     let roles: Vec<String> = serde_json::from_value(user["roles"].clone()).unwrap_or_default();
@@ -99,7 +130,7 @@ pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> R
         phone: user["phone"].as_str().unwrap_or_default(),
         default_role: user["default_role"].as_str().unwrap_or_default(),
         roles: &roles,
-        session_id,
+        session_id: &s.id,
         aal: &s.aal,
         amr: s.amr.clone(),
         is_anonymous: user["is_anonymous"].as_bool().unwrap_or(false),
@@ -119,7 +150,7 @@ pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> R
         "expires_in": cfg.jwt_exp,
         "expires_at": claims.exp,
         "refresh_token": refresh_token,
-        "refresh_token_id": refresh_token_id,
+        "refresh_token_id": s.refresh_token_id,
         "user": s.user,
     }))
 }
@@ -219,7 +250,7 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
         "sign_out",
         Some(&current.user_id),
         None,
-        request::client_ip(&config::load()?)?.as_deref(),
+        request::client_ip(&*config::load()?)?.as_deref(),
         json!({"scope": scope, "session_id": current.session_id}),
     )?;
     Ok(Value::Null)

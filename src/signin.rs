@@ -1,7 +1,7 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, admit_send, channel, lock_phone, Issued, VERIFY_IP};
+use crate::outbox::{self, admit, channel, lock_phone, record_send, NewCode, Recipient, VERIFY_IP};
 use crate::{audit, config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
@@ -11,16 +11,10 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 const PURPOSE: &str = "signin";
 const MAX_CAPTCHA_TOKEN: usize = 4096;
-
-#[derive(Debug, Deserialize)]
-struct UserRef {
-    id: String,
-    disabled: bool,
-    locale: String,
-}
 
 fn policy(cfg: &Config) -> Policy<'_> {
     Policy {
@@ -43,16 +37,8 @@ fn captcha(token: Option<&str>) -> Result<Option<&str>> {
     }
 }
 
-fn find_user(phone: &str) -> Result<Option<UserRef>> {
-    db::row_as(
-        "SELECT jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)
-         FROM auth.users WHERE phone = $1",
-        &[db::text(phone)],
-    )
-}
-
-fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<UserRef> {
-    let user: UserRef = db::row_as(
+fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<Recipient> {
+    let user: Recipient = db::row_as(
         "INSERT INTO auth.users (phone, locale, default_role, roles, metadata, display_name)
          VALUES ($1, $2, $3, ARRAY(SELECT jsonb_array_elements_text($4)), $5, $6)
          RETURNING jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)",
@@ -70,67 +56,36 @@ fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<UserRef> {
     Ok(user)
 }
 
-/// Issues a code for `phone` and queues its message, or (for `user == None`) answers the same
-/// shape without storing or queueing anything, so callers cannot tell the two apart.
+/// Records the admitted request and, for a user, issues a code and queues its message; for
+/// `user == None` it answers the same shape without storing or queueing anything, so callers
+/// cannot tell the two apart.
 fn deliver(
     cfg: &Config,
     phone: &str,
-    user: Option<&UserRef>,
+    ip: Option<&str>,
+    user: Option<&Recipient>,
     channel: &str,
     captcha_token: Option<&str>,
 ) -> Result<Value> {
-    let answer = |i: Issued| json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at});
-    let Some(user) = user else {
-        let fake: Issued = db::row_as(
-            "SELECT jsonb_build_object('id', gen_random_uuid(), 'expires_at', now() + make_interval(secs => $1))",
-            &[cfg.otp_ttl.into()],
-        )?
-        .ok_or_else(|| AuthError::internal("now() failed"))?;
-        return Ok(answer(fake));
+    let code = match user {
+        Some(user) => {
+            let code = outbox::new_code(cfg, phone)?;
+            let pepper = config::secret("otp_pepper")?;
+            Some(NewCode {
+                user_id: &user.id,
+                purpose: PURPOSE,
+                hash: otp::hash_code(&pepper, PURPOSE, phone, &code.value),
+                ttl_seconds: cfg.otp_ttl,
+                body: outbox::body(cfg, &code, Some(&user.locale), cfg.otp_ttl)?,
+                captcha_token,
+            })
+        }
+        None => None,
     };
-    db::run(
-        "UPDATE auth.otp_codes SET invalidated_at = now()
-         WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL",
-        &[db::text(phone), db::text(PURPOSE)],
-    )?;
-    // Their messages, if not yet handed to a provider, would only deliver a dead code.
-    db::run(
-        "UPDATE auth.sms_outbox SET status = 'expired', body = NULL, captcha_token = NULL,
-                                    last_error = 'superseded by a newer code', updated_at = now()
-         WHERE phone = $1 AND purpose = $2 AND status = 'queued'",
-        &[db::text(phone), db::text(PURPOSE)],
-    )?;
-    let code = outbox::new_code(cfg, phone)?;
-    let pepper = config::secret("otp_pepper")?;
-    let issued: Issued = db::row_as(
-        "INSERT INTO auth.otp_codes (user_id, purpose, subject, code_hash, expires_at)
-         VALUES ($1::uuid, $2, $3, $4, now() + make_interval(secs => $5))
-         RETURNING jsonb_build_object('id', id, 'expires_at', expires_at)",
-        &[
-            db::text(&user.id),
-            db::text(PURPOSE),
-            db::text(phone),
-            otp::hash_code(&pepper, PURPOSE, phone, &code.value).into(),
-            cfg.otp_ttl.into(),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
-    let message = outbox::queue_code(
-        cfg,
-        &code,
-        &outbox::Message {
-            phone,
-            channel,
-            captcha_token,
-            purpose: PURPOSE,
-            user_id: &user.id,
-            locale: Some(&user.locale),
-            ttl_seconds: cfg.otp_ttl,
-            expires_at: issued.expires_at.as_str().unwrap_or_default(),
-        },
-    )?;
-    // A test number's code is stored but never sent; the answer has the same shape.
-    Ok(answer(message.unwrap_or(issued)))
+    let i = record_send(cfg, phone, ip, channel, user.is_some(), code)?;
+    Ok(
+        json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at}),
+    )
 }
 
 fn send_sms_otp(
@@ -149,10 +104,8 @@ fn send_sms_otp(
     let cfg = config::load()?;
     let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
-    let existing = find_user(&phone)?;
+    let existing = admit(&cfg, &phone, ip.as_deref())?;
     let creating = existing.is_none() && create && !cfg.disable_signup;
-    let queues = creating || existing.as_ref().is_some_and(|u| !u.disabled);
-    admit_send(&cfg, &phone, ip.as_deref(), channel, queues)?;
     let user = if creating {
         let profile = Profile {
             metadata: data,
@@ -162,7 +115,14 @@ fn send_sms_otp(
     } else {
         existing.filter(|u| !u.disabled)
     };
-    deliver(&cfg, &phone, user.as_ref(), channel, captcha_token)
+    deliver(
+        &cfg,
+        &phone,
+        ip.as_deref(),
+        user.as_ref(),
+        channel,
+        captcha_token,
+    )
 }
 
 fn last_channel(phone: &str) -> Result<&'static str> {
@@ -178,13 +138,12 @@ fn resend_sms_otp(phone: Option<&str>) -> Result<Value> {
     let cfg = config::load()?;
     let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
-    let user = find_user(&phone)?;
+    let user = admit(&cfg, &phone, ip.as_deref())?;
     let target = user.as_ref().filter(|u| !u.disabled);
     // The channel of the last request for this phone, registered or not, so the answer does not
     // depend on whether anything was ever queued for it.
     let channel = last_channel(&phone)?;
-    admit_send(&cfg, &phone, ip.as_deref(), channel, target.is_some())?;
-    deliver(&cfg, &phone, target, channel, None)
+    deliver(&cfg, &phone, ip.as_deref(), target, channel, None)
 }
 
 fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> {
@@ -201,33 +160,53 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     }
     let ip = request::client_ip(&cfg)?;
     lock_phone(&phone)?;
-    if find_user(&phone)?.is_some() {
+    if admit(&cfg, &phone, ip.as_deref())?.is_some() {
         // Same answer as a new sign-up, and nothing is sent or changed.
-        admit_send(&cfg, &phone, ip.as_deref(), "sms", false)?;
+        deliver(&cfg, &phone, ip.as_deref(), None, "sms", None)?;
         return Ok(json!("OK"));
     }
-    admit_send(&cfg, &phone, ip.as_deref(), "sms", true)?;
     let user = insert_user(&phone, &profile, ip.as_deref())?;
-    deliver(&cfg, &phone, Some(&user), "sms", None)?;
+    deliver(&cfg, &phone, ip.as_deref(), Some(&user), "sms", None)?;
     Ok(json!("OK"))
 }
 
-/// The per-IP limit on verification attempts, counted from the attempts already recorded (so
-/// it binds although each failed call rolls back).
+#[derive(Deserialize)]
+struct LiveCode {
+    id: String,
+    hash: String,
+    attempts: i64,
+    live: bool,
+}
+
+#[derive(Deserialize)]
+struct Guess {
+    code: Option<LiveCode>,
+    /// The client address's recent failures: `[[age of the bucket's latest, failures], …]`.
+    ip_failures: Vec<(f64, i64)>,
+}
+
+/// The phone's live code and the failures counted against the client address.
+static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT jsonb_build_object(
+             'code', (SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
+                                                'attempts', attempts,
+                                                'live', expires_at > clock_timestamp())
+                      FROM auth.otp_codes
+                      WHERE subject = $1 AND purpose = $2
+                        AND consumed_at IS NULL AND invalidated_at IS NULL
+                      ORDER BY created_at DESC LIMIT 1),
+             'ip_failures', CASE WHEN $3::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
+        VERIFY_IP.buckets_sql(Some("host($3::inet)"), "$4", "clock_timestamp()")
+    )
+});
+
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
-/// failures are counted by the attempt recorder in auth.rate_counters (see autonomous).
-fn admit_verify(cfg: &Config, ip: Option<&str>) -> Result<()> {
-    let Some(ip) = ip else { return Ok(()) };
-    let buckets: Vec<(f64, i64)> = db::row_as(
-        &format!(
-            "SELECT {}",
-            VERIFY_IP.buckets_sql(Some("host($1::inet)"), "$2", "clock_timestamp()")
-        ),
-        &[db::text(ip), cfg.verify_rate_per_ip_window.into()],
-    )?
-    .unwrap_or_default();
+/// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
+/// limit binds although each failed call rolls back.
+fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
     match ratelimit::bucketed_retry_after(
-        &buckets,
+        failures,
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
     ) {
@@ -240,12 +219,39 @@ fn admit_verify(cfg: &Config, ip: Option<&str>) -> Result<()> {
     }
 }
 
+/// A right code, in the caller's transaction: counts and audits the attempt and consumes the
+/// code (single use: of concurrent calls with the right code exactly one updates the row),
+/// confirms the phone of a user who is not disabled, and audits the sign-in unless a second
+/// factor must follow. Answers who it was and whether a TOTP factor is verified.
+const SIGN_IN_SQL: &str = "WITH code AS (
+         UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
+         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
+           AND expires_at > clock_timestamp() AND attempts < $2
+         RETURNING user_id, purpose, attempts),
+     attempt AS (
+         INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
+         SELECT 'verify_attempt', c.user_id, $3, $4::inet,
+                jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
+         FROM code c),
+     signed_in AS (
+         UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
+                                 last_sign_in_at = now(), updated_at = now()
+         FROM code c WHERE u.id = c.user_id AND NOT u.disabled
+         RETURNING u.id, EXISTS (SELECT 1 FROM auth.mfa_factors f
+                                 WHERE f.user_id = u.id AND f.factor_type = 'totp'
+                                   AND f.status = 'verified') AS totp),
+     audited AS (
+         INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
+         SELECT 'sign_in', s.id, $3, $4::inet, '{}' FROM signed_in s WHERE NOT ($5 AND s.totp))
+     SELECT jsonb_build_object('user_id', (SELECT user_id FROM code),
+                               'signed_in', EXISTS (SELECT 1 FROM signed_in),
+                               'totp', coalesce((SELECT totp FROM signed_in), false))";
+
 #[derive(Deserialize)]
-struct LiveCode {
-    id: String,
-    hash: String,
-    attempts: i64,
-    live: bool,
+struct SignedIn {
+    user_id: Option<String>,
+    signed_in: bool,
+    totp: bool,
 }
 
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
@@ -255,17 +261,22 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let cfg = config::load()?;
     otp::check_format(code, cfg.otp_length)?;
     let ip = request::client_ip(&cfg)?;
-    admit_verify(&cfg, ip.as_deref())?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
-    let live: Option<LiveCode> = db::row_as(
-        "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
-                                   'attempts', attempts, 'live', expires_at > clock_timestamp())
-         FROM auth.otp_codes
-         WHERE subject = $1 AND purpose = $2 AND consumed_at IS NULL AND invalidated_at IS NULL
-         ORDER BY created_at DESC LIMIT 1",
-        &[db::text(&phone), db::text(PURPOSE)],
-    )?;
+    let guess: Guess = db::row_as(
+        &GUESS_SQL,
+        &[
+            db::text(&phone),
+            db::text(PURPOSE),
+            db::opt_text(ip.as_deref()),
+            cfg.verify_rate_per_ip_window.into(),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
+    if ip.is_some() {
+        check_verify_rate(&cfg, &guess.ip_failures)?;
+    }
+    let live = guess.code;
     let pepper = config::secret("otp_pepper")?;
     let stored = live
         .as_ref()
@@ -273,55 +284,41 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
         .unwrap_or_default();
     let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
     let live = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
-    // Every attempt is recorded before the answer, with or without a usable code: the two cases
-    // then cost the same (no registration oracle in the timing) and fail closed alike.
-    autonomous::record(&Action::Attempt {
-        audit_id: otp::random_uuid()?,
-        target: Target::Code {
-            code_id: live.as_ref().map(|c| c.id.clone()),
-            phone: phone.clone(),
-        },
-        failed: !(matches && live.is_some()),
-        ip: ip.clone(),
-    })?;
-    let Some(live) = live else {
+    let Some(live) = live.as_ref().filter(|_| matches) else {
+        // Every failed attempt is durably recorded before the answer, with or without a usable
+        // code: the two cases then cost the same (no registration oracle in the timing) and
+        // fail closed alike.
+        autonomous::record(&Action::Attempt {
+            audit_id: otp::random_uuid()?,
+            target: Target::Code {
+                code_id: live.map(|c| c.id),
+                phone: phone.clone(),
+            },
+            failed: true,
+            ip: ip.clone(),
+        })?;
         return Err(AuthError::invalid_otp());
     };
-    if !matches {
-        return Err(AuthError::invalid_otp());
-    }
-    // Single use: of concurrent calls with the right code, exactly one updates the row. This
-    // attempt is already counted, hence <=.
-    let user_id = db::row(
-        "UPDATE auth.otp_codes SET consumed_at = now()
-         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
-           AND expires_at > clock_timestamp() AND attempts <= $2
-         RETURNING to_jsonb(user_id)",
-        &[db::text(&live.id), cfg.otp_max_attempts.into()],
+    let signed: SignedIn = db::row_as(
+        SIGN_IN_SQL,
+        &[
+            db::text(&live.id),
+            cfg.otp_max_attempts.into(),
+            db::text(&phone),
+            db::opt_text(ip.as_deref()),
+            cfg.mfa_signin_requires_totp.into(),
+        ],
     )?
-    .and_then(|v| v.as_str().map(str::to_string))
-    .ok_or_else(AuthError::invalid_otp)?;
-    let signed_in = db::row(
-        "UPDATE auth.users SET phone_confirmed_at = coalesce(phone_confirmed_at, now()),
-                               last_sign_in_at = now(), updated_at = now()
-         WHERE id = $1::uuid AND NOT disabled
-         RETURNING to_jsonb(true)",
-        &[db::text(&user_id)],
-    )?;
-    if signed_in.is_none() {
+    .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;
+    let user_id = signed.user_id.ok_or_else(AuthError::invalid_otp)?;
+    if !signed.signed_in {
         return Err(AuthError::disabled_user());
     }
-    if let Some(mfa) = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())? {
+    if cfg.mfa_signin_requires_totp && signed.totp {
+        let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
         return Ok(json!({"session": null, "mfa": mfa}));
     }
     let session = session::start(&cfg, &user_id, "sms", ip.as_deref())?;
-    audit::record(
-        "sign_in",
-        Some(&user_id),
-        Some(&phone),
-        ip.as_deref(),
-        json!({}),
-    )?;
     Ok(json!({"session": session, "mfa": null}))
 }
 
