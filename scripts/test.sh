@@ -50,7 +50,7 @@ log "integration tests, PostgreSQL 15, not preloaded (wrong guesses recorded by 
 cluster_start fallback15
 .venv/bin/pytest -q -p no:cacheprovider tests/integration/test_signin.py tests/integration/test_mfa.py \
     tests/integration/test_mfa_assurance.py tests/integration/test_sessions.py tests/integration/test_recorder.py \
-    tests/integration/test_upgrade.py \
+    tests/integration/test_upgrade.py tests/integration/test_account.py tests/integration/test_settings_cache.py \
     tests/integration/test_dispatcher.py::test_notify_wakes_the_dispatcher_without_waiting_for_a_poll "$@"
 cluster_stop
 

@@ -331,9 +331,11 @@ BEGIN
         UPDATE auth.sessions s SET revoked_at = now(), revoked_reason = 'user_disabled'
         WHERE s.user_id = set_user_disabled.user_id AND s.revoked_at IS NULL;
     END IF;
-    INSERT INTO auth.audit_log (event, user_id, detail)
+    INSERT INTO auth.audit_log (event, user_id, detail, actor)
     VALUES (CASE WHEN set_user_disabled.disabled THEN 'user_disabled' ELSE 'user_enabled' END,
-            set_user_disabled.user_id, '{}');
+            set_user_disabled.user_id, '{}',
+            CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')
+                 ELSE session_user::text END);
 END
 $$;
 
@@ -380,6 +382,116 @@ BEGIN
 END
 $$;
 
+-- The signed-in user's own account (acting user: the live session in request.jwt.claims).
+
+CREATE FUNCTION auth.get_user() RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._get_user())
+$$;
+
+-- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
+-- metadata is merged into the stored object (a key set to null is removed).
+CREATE FUNCTION auth.update_user(
+    display_name text DEFAULT NULL,
+    locale text DEFAULT NULL,
+    avatar_url text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata))
+$$;
+
+CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._change_phone(new_phone, channel))
+$$;
+
+CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._verify_phone_change(new_phone, otp))
+$$;
+
+-- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
+-- PostgREST service role). Every action is audited with the acting role (audit_log.actor).
+
+CREATE FUNCTION auth.admin_create_user(
+    phone text,
+    phone_confirmed boolean DEFAULT false,
+    display_name text DEFAULT NULL,
+    locale text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL,
+    roles text[] DEFAULT NULL,
+    default_role text DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
+                                                metadata, roles, default_role))
+$$;
+
+CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_get_user(user_id))
+$$;
+
+CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
+                                      phone_prefix text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix))
+$$;
+
+CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_update_user(user_id, attributes))
+$$;
+
+CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_delete_user(user_id, soft))
+$$;
+
+CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_list_factors(user_id))
+$$;
+
+CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_delete_factor(user_id, factor_id))
+$$;
+
+CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_sign_out(user_id))
+$$;
+
+-- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.
+CREATE FUNCTION auth.grant_admin(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', auth._admin_functions(), role_name);
+    INSERT INTO auth.audit_log (event, detail, actor)
+    VALUES ('admin_granted', jsonb_build_object('role', role_name), session_user);
+END
+$$;
+
+CREATE FUNCTION auth.revoke_admin(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', auth._admin_functions(), role_name);
+    INSERT INTO auth.audit_log (event, detail, actor)
+    VALUES ('admin_revoked', jsonb_build_object('role', role_name), session_user);
+END
+$$;
+
+CREATE FUNCTION auth._admin_functions() RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'auth.admin_create_user(text, boolean, text, text, jsonb, text[], text), '
+           'auth.admin_get_user(uuid), auth.admin_list_users(integer, integer, text), '
+           'auth.admin_update_user(uuid, jsonb), auth.admin_delete_user(uuid, boolean), '
+           'auth.admin_list_factors(uuid), auth.admin_delete_factor(uuid, uuid), '
+           'auth.admin_sign_out(uuid), auth.set_user_disabled(uuid, boolean)'
+$$;
+
 -- Backends keep the settings and secrets once read (src/config.rs); a change to either table
 -- makes every backend drop its copy when the change commits.
 CREATE FUNCTION auth._settings_changed() RETURNS trigger
@@ -413,5 +525,9 @@ GRANT EXECUTE ON FUNCTION
     auth.mfa_get_authenticator_assurance_level(),
     auth.signin_mfa_totp(text, text),
     auth.signin_mfa_recovery_code(text, text),
-    auth.mfa_generate_recovery_codes()
+    auth.mfa_generate_recovery_codes(),
+    auth.get_user(),
+    auth.update_user(text, text, text, jsonb),
+    auth.change_phone(text, text),
+    auth.verify_phone_change(text, text)
 TO PUBLIC;

@@ -154,3 +154,233 @@ CREATE TRIGGER secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON a
     FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
 
 REVOKE EXECUTE ON FUNCTION auth._settings_changed() FROM PUBLIC;
+
+-- Account lifecycle (issue 9): bans, soft deletes, the acting role of admin actions.
+ALTER TABLE auth.users ADD COLUMN banned_until timestamptz, ADD COLUMN deleted_at timestamptz;
+ALTER TABLE auth.audit_log ADD COLUMN actor text;
+
+CREATE FUNCTION auth."_get_user"() RETURNS jsonb
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'account_get_user_impl_wrapper';
+CREATE FUNCTION auth."_update_user"(
+	"display_name" TEXT,
+	"locale" TEXT,
+	"avatar_url" TEXT,
+	"metadata" jsonb
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'account_update_user_impl_wrapper';
+CREATE FUNCTION auth."_change_phone"(
+	"new_phone" TEXT,
+	"channel" TEXT
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'account_change_phone_impl_wrapper';
+CREATE FUNCTION auth."_verify_phone_change"(
+	"new_phone" TEXT,
+	"otp" TEXT
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'account_verify_phone_change_impl_wrapper';
+CREATE FUNCTION auth."_admin_create_user"(
+	"phone" TEXT,
+	"phone_confirmed" bool,
+	"display_name" TEXT,
+	"locale" TEXT,
+	"metadata" jsonb,
+	"roles" TEXT[],
+	"default_role" TEXT
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_create_user_impl_wrapper';
+CREATE FUNCTION auth."_admin_get_user"(
+	"user_id" uuid
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_get_user_impl_wrapper';
+CREATE FUNCTION auth."_admin_list_users"(
+	"page" INT,
+	"per_page" INT,
+	"phone_prefix" TEXT
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_list_users_impl_wrapper';
+CREATE FUNCTION auth."_admin_update_user"(
+	"user_id" uuid,
+	"attributes" jsonb
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_update_user_impl_wrapper';
+CREATE FUNCTION auth."_admin_delete_user"(
+	"user_id" uuid,
+	"soft" bool
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_delete_user_impl_wrapper';
+CREATE FUNCTION auth."_admin_list_factors"(
+	"user_id" uuid
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_list_factors_impl_wrapper';
+CREATE FUNCTION auth."_admin_delete_factor"(
+	"user_id" uuid,
+	"factor_id" uuid
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_delete_factor_impl_wrapper';
+CREATE FUNCTION auth."_admin_sign_out"(
+	"user_id" uuid
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'admin_sign_out_impl_wrapper';
+
+-- The signed-in user's own account (acting user: the live session in request.jwt.claims).
+
+CREATE FUNCTION auth.get_user() RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._get_user())
+$$;
+
+-- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
+-- metadata is merged into the stored object (a key set to null is removed).
+CREATE FUNCTION auth.update_user(
+    display_name text DEFAULT NULL,
+    locale text DEFAULT NULL,
+    avatar_url text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata))
+$$;
+
+CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._change_phone(new_phone, channel))
+$$;
+
+CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._verify_phone_change(new_phone, otp))
+$$;
+
+-- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
+-- PostgREST service role). Every action is audited with the acting role (audit_log.actor).
+
+CREATE FUNCTION auth.admin_create_user(
+    phone text,
+    phone_confirmed boolean DEFAULT false,
+    display_name text DEFAULT NULL,
+    locale text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL,
+    roles text[] DEFAULT NULL,
+    default_role text DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
+                                                metadata, roles, default_role))
+$$;
+
+CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_get_user(user_id))
+$$;
+
+CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
+                                      phone_prefix text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix))
+$$;
+
+CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_update_user(user_id, attributes))
+$$;
+
+CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_delete_user(user_id, soft))
+$$;
+
+CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_list_factors(user_id))
+$$;
+
+CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_delete_factor(user_id, factor_id))
+$$;
+
+CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT auth._unwrap(auth._admin_sign_out(user_id))
+$$;
+
+-- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.
+CREATE FUNCTION auth.grant_admin(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', auth._admin_functions(), role_name);
+    INSERT INTO auth.audit_log (event, detail, actor)
+    VALUES ('admin_granted', jsonb_build_object('role', role_name), session_user);
+END
+$$;
+
+CREATE FUNCTION auth.revoke_admin(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', auth._admin_functions(), role_name);
+    INSERT INTO auth.audit_log (event, detail, actor)
+    VALUES ('admin_revoked', jsonb_build_object('role', role_name), session_user);
+END
+$$;
+
+CREATE FUNCTION auth._admin_functions() RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'auth.admin_create_user(text, boolean, text, text, jsonb, text[], text), '
+           'auth.admin_get_user(uuid), auth.admin_list_users(integer, integer, text), '
+           'auth.admin_update_user(uuid, jsonb), auth.admin_delete_user(uuid, boolean), '
+           'auth.admin_list_factors(uuid), auth.admin_delete_factor(uuid, uuid), '
+           'auth.admin_sign_out(uuid), auth.set_user_disabled(uuid, boolean)'
+$$;
+
+CREATE OR REPLACE FUNCTION auth.set_user_disabled(user_id uuid, disabled boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE auth.users u SET disabled = set_user_disabled.disabled, updated_at = now()
+    WHERE u.id = set_user_disabled.user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such user.', DETAIL = 'user-not-found';
+    END IF;
+    IF set_user_disabled.disabled THEN
+        UPDATE auth.sessions s SET revoked_at = now(), revoked_reason = 'user_disabled'
+        WHERE s.user_id = set_user_disabled.user_id AND s.revoked_at IS NULL;
+    END IF;
+    INSERT INTO auth.audit_log (event, user_id, detail, actor)
+    VALUES (CASE WHEN set_user_disabled.disabled THEN 'user_disabled' ELSE 'user_enabled' END,
+            set_user_disabled.user_id, '{}',
+            CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')
+                 ELSE session_user::text END);
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION
+    auth._get_user(), auth._update_user(text, text, text, jsonb), auth._change_phone(text, text),
+    auth._verify_phone_change(text, text),
+    auth._admin_create_user(text, boolean, text, text, jsonb, text[], text),
+    auth._admin_get_user(uuid), auth._admin_list_users(integer, integer, text),
+    auth._admin_update_user(uuid, jsonb), auth._admin_delete_user(uuid, boolean),
+    auth._admin_list_factors(uuid), auth._admin_delete_factor(uuid, uuid), auth._admin_sign_out(uuid),
+    auth.admin_create_user(text, boolean, text, text, jsonb, text[], text),
+    auth.admin_get_user(uuid), auth.admin_list_users(integer, integer, text),
+    auth.admin_update_user(uuid, jsonb), auth.admin_delete_user(uuid, boolean),
+    auth.admin_list_factors(uuid), auth.admin_delete_factor(uuid, uuid), auth.admin_sign_out(uuid),
+    auth.grant_admin(name), auth.revoke_admin(name), auth._admin_functions(),
+    auth.get_user(), auth.update_user(text, text, text, jsonb), auth.change_phone(text, text),
+    auth.verify_phone_change(text, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    auth.get_user(), auth.update_user(text, text, text, jsonb), auth.change_phone(text, text),
+    auth.verify_phone_change(text, text)
+TO PUBLIC;

@@ -53,6 +53,10 @@ CREATE TABLE auth.users (
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now(),
     last_sign_in_at    timestamptz,
+    -- Set by auth.admin_update_user's ban_duration: signs nothing in until then.
+    banned_until       timestamptz,
+    -- Set by a soft delete (auth.admin_delete_user): the row stays, the phone is gone.
+    deleted_at         timestamptz,
     CHECK (default_role = ANY (roles))
 );
 
@@ -177,7 +181,9 @@ CREATE TABLE auth.audit_log (
     user_id    uuid,
     phone      text,
     ip         inet,
-    detail     jsonb NOT NULL DEFAULT '{}'
+    detail     jsonb NOT NULL DEFAULT '{}',
+    -- The database role that performed an administrative action (NULL for users' own events).
+    actor      text
 );
 CREATE INDEX audit_log_created ON auth.audit_log (created_at);
 CREATE INDEX audit_log_user ON auth.audit_log (user_id, created_at);

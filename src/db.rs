@@ -3,7 +3,11 @@
 //!
 //! Each statement is prepared once per backend and kept (SPI_keepplan): parsing and planning
 //! the same few dozen statements on every call cost more than running them. Kept plans are
-//! invalidated and rebuilt by PostgreSQL when the objects they use change.
+//! invalidated and rebuilt by PostgreSQL when the objects they use change, and prepared afresh
+//! by us every `REPLAN_AFTER` uses: PostgreSQL switches a kept statement to one generic plan
+//! after five executions and keeps it until the next ANALYZE, so a plan made while a table was
+//! nearly empty (a new install, or one analyzed when empty) would keep scanning it whole as it
+//! grows to millions of rows. A fresh plan sees the table's current size.
 
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::datum::DatumWithOid;
@@ -27,9 +31,14 @@ fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
 /// A statement's text, its arguments' type oids, and whether it may write.
 type PlanKey = (String, Vec<u32>, bool);
 
+/// Executions of a kept plan before it is prepared afresh.
+const REPLAN_AFTER: u32 = 1000;
+
 thread_local! {
-    /// Kept plans, one per statement and argument types (read-only execution apart).
-    static PLANS: RefCell<HashMap<PlanKey, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// Kept plans, one per statement and argument types (read-only execution apart), with
+    /// their uses so far.
+    static PLANS: RefCell<HashMap<PlanKey, (OwnedPreparedStatement, u32)>> =
+        RefCell::new(HashMap::new());
 }
 
 /// Runs `f` with the kept plan of `sql` for `args`' types, preparing it on first use.
@@ -42,9 +51,9 @@ fn with_plan<R>(
     let oids: Vec<u32> = args.iter().map(|a| a.oid().to_u32()).collect();
     let key = (sql.to_string(), oids, mutating);
     let cached = PLANS.with(|p| p.borrow_mut().remove(&key));
-    let plan = match cached {
-        Some(plan) => plan,
-        None => {
+    let (plan, uses) = match cached {
+        Some((plan, uses)) if uses < REPLAN_AFTER => (plan, uses),
+        _ => {
             let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
             let prepared = Spi::connect(|client| {
                 if mutating {
@@ -55,12 +64,12 @@ fn with_plan<R>(
                 .map(|p| p.keep())
             })
             .map_err(spi_error)?;
-            prepared
+            (prepared, 0)
         }
     };
     // Put back before the result is looked at: an error must not lose the plan.
     let result = f(&plan);
-    PLANS.with(|p| p.borrow_mut().insert(key, plan));
+    PLANS.with(|p| p.borrow_mut().insert(key, (plan, uses + 1)));
     result
 }
 

@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod account;
+mod admin;
 mod audit;
 mod autonomous;
 mod config;

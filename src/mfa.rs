@@ -678,7 +678,8 @@ fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
     db::lock("ticket", &db::to_hex(&hash))?;
     let t: Ticket = db::row_as(
         "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
-                                   'attempts', t.attempts, 'disabled', u.disabled,
+                                   'attempts', t.attempts,
+                                   'disabled', u.disabled OR coalesce(u.banned_until > now(), false),
                                    'live', t.consumed_at IS NULL AND t.expires_at > clock_timestamp())
          FROM auth.mfa_tickets t JOIN auth.users u ON u.id = t.user_id WHERE t.ticket_hash = $1",
         &[hash.into()],

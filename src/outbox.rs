@@ -88,7 +88,8 @@ struct Admission {
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT jsonb_build_object(
-            'recipient', (SELECT jsonb_build_object('id', id, 'disabled', disabled, 'locale', locale)
+            'recipient', (SELECT jsonb_build_object('id', id, 'locale', locale,
+                                               'disabled', disabled OR coalesce(banned_until > now(), false))
                           FROM auth.users WHERE phone = $1),
             'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
                 SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events

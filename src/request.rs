@@ -103,7 +103,8 @@ pub fn current_session() -> Result<CurrentSession> {
                                   'amr', s.amr)
          FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
          WHERE s.id = $1::uuid AND s.user_id::text = $2
-           AND s.revoked_at IS NULL AND NOT u.disabled",
+           AND s.revoked_at IS NULL AND NOT u.disabled
+           AND (u.banned_until IS NULL OR u.banned_until <= now())",
         &[db::text(&session_id), db::text(&sub)],
     )?
     .ok_or_else(AuthError::not_authenticated)?;

@@ -183,7 +183,8 @@ fn refresh(token: Option<&str>) -> Result<Value> {
                     'expired', r.expires_at <= clock_timestamp(),
                     'rotated_age', extract(epoch FROM clock_timestamp() - r.rotated_at),
                     'children', (SELECT count(*) FROM auth.refresh_tokens c WHERE c.parent_id = r.id),
-                    'session_revoked', s.revoked_at IS NOT NULL, 'disabled', u.disabled)
+                    'session_revoked', s.revoked_at IS NOT NULL,
+                    'disabled', u.disabled OR coalesce(u.banned_until > now(), false))
          FROM auth.refresh_tokens r
          JOIN auth.sessions s ON s.id = r.session_id
          JOIN auth.users u ON u.id = s.user_id

@@ -237,6 +237,7 @@ const SIGN_IN_SQL: &str = "WITH code AS (
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
          FROM code c WHERE u.id = c.user_id AND NOT u.disabled
+           AND (u.banned_until IS NULL OR u.banned_until <= now())
          RETURNING u.id, EXISTS (SELECT 1 FROM auth.mfa_factors f
                                  WHERE f.user_id = u.id AND f.factor_type = 'totp'
                                    AND f.status = 'verified') AS totp),

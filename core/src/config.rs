@@ -77,6 +77,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "totp_window", kind: Kind::Int { min: 0, max: 10 }, default: || json!(1), description: "TOTP time steps accepted either side of now." },
     Setting { name: "trusted_proxy_hops", kind: Kind::Int { min: 0, max: 10 }, default: || json!(1), description: "Reverse proxies in front of PostgREST whose forwarding headers are believed; the client address is the entry the last of them appended (0: ignore the headers)." },
     Setting { name: "client_ip_header", kind: Kind::Text, default: || json!("x-forwarded-for"), description: "Header carrying the client address: x-forwarded-for, forwarded (RFC 7239), or one a proxy sets whole, such as cf-connecting-ip or x-real-ip." },
+    Setting { name: "notify_phone_change", kind: Kind::Bool, default: || json!(true), description: "Tell the old number by SMS when a user moves their account to a new one (auth.verify_phone_change)." },
     Setting { name: "refresh_reuse_grace", kind: Kind::Seconds { min: 0, max: 300 }, default: || json!(10), description: "How long a rotated refresh token may still be presented before reuse revokes the session." },
 ];
 
@@ -130,6 +131,7 @@ pub struct Config {
     pub sms_retry_max: i64,
     pub trusted_proxy_hops: usize,
     pub client_ip_header: String,
+    pub notify_phone_change: bool,
 }
 
 impl Config {

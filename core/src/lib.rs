@@ -3,6 +3,7 @@
 //! Everything here is plain Rust with unit tests beside it; the extension crate calls into these
 //! modules and keeps only the SQL glue for itself.
 
+pub mod account;
 pub mod client_ip;
 pub mod config;
 pub mod error;

@@ -9,7 +9,7 @@ PUBLIC_API = {"jwt", "uid", "role", "session_id", "send_sms_otp", "resend_sms_ot
               "verify_sms_otp", "refresh_session", "sign_out", "mfa_enroll", "mfa_challenge", "mfa_verify",
               "mfa_challenge_and_verify", "mfa_unenroll", "mfa_list_factors",
               "mfa_get_authenticator_assurance_level", "signin_mfa_totp", "signin_mfa_recovery_code",
-              "mfa_generate_recovery_codes"}
+              "mfa_generate_recovery_codes", "get_user", "update_user", "change_phone", "verify_phone_change"}
 
 
 def auth_tables(db):
