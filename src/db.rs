@@ -4,10 +4,10 @@
 //! Each statement is prepared once per backend and kept (SPI_keepplan): parsing and planning
 //! the same few dozen statements on every call cost more than running them. Kept plans are
 //! invalidated and rebuilt by PostgreSQL when the objects they use change, and prepared afresh
-//! by us every `REPLAN_AFTER` uses: PostgreSQL switches a kept statement to one generic plan
-//! after five executions and keeps it until the next ANALYZE, so a plan made while a table was
-//! nearly empty (a new install, or one analyzed when empty) would keep scanning it whole as it
-//! grows to millions of rows. A fresh plan sees the table's current size.
+//! by us after a number of uses (see `REPLAN_AFTER`): PostgreSQL switches a kept statement to
+//! one generic plan after five executions and keeps it until the next ANALYZE, so a plan made
+//! while a table was nearly empty (a new install, or one analyzed when empty) would keep
+//! scanning it whole as it grows to millions of rows. A fresh plan sees the table's size.
 
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::datum::DatumWithOid;
@@ -31,14 +31,21 @@ fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
 /// A statement's text, its arguments' type oids, and whether it may write.
 type PlanKey = (String, Vec<u32>, bool);
 
-/// Executions of a kept plan before it is prepared afresh.
-const REPLAN_AFTER: u32 = 1000;
+/// Executions of a kept plan before it is prepared afresh: 16 at first, four times more after
+/// each renewal (tables grow fastest, relative to their size, when they are new), then at most
+/// `REPLAN_AFTER`.
+const FIRST_REPLAN: u32 = 16;
+const REPLAN_AFTER: u32 = 1024;
+
+struct Kept {
+    plan: OwnedPreparedStatement,
+    uses: u32,
+    renew_at: u32,
+}
 
 thread_local! {
-    /// Kept plans, one per statement and argument types (read-only execution apart), with
-    /// their uses so far.
-    static PLANS: RefCell<HashMap<PlanKey, (OwnedPreparedStatement, u32)>> =
-        RefCell::new(HashMap::new());
+    /// Kept plans, one per statement and argument types (read-only execution apart).
+    static PLANS: RefCell<HashMap<PlanKey, Kept>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` with the kept plan of `sql` for `args`' types, preparing it on first use.
@@ -51,9 +58,10 @@ fn with_plan<R>(
     let oids: Vec<u32> = args.iter().map(|a| a.oid().to_u32()).collect();
     let key = (sql.to_string(), oids, mutating);
     let cached = PLANS.with(|p| p.borrow_mut().remove(&key));
-    let (plan, uses) = match cached {
-        Some((plan, uses)) if uses < REPLAN_AFTER => (plan, uses),
-        _ => {
+    let kept = match cached {
+        Some(k) if k.uses < k.renew_at => k,
+        stale => {
+            let renew_at = stale.map_or(FIRST_REPLAN, |k| (k.renew_at * 4).min(REPLAN_AFTER));
             let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
             let prepared = Spi::connect(|client| {
                 if mutating {
@@ -64,12 +72,24 @@ fn with_plan<R>(
                 .map(|p| p.keep())
             })
             .map_err(spi_error)?;
-            (prepared, 0)
+            Kept {
+                plan: prepared,
+                uses: 0,
+                renew_at,
+            }
         }
     };
     // Put back before the result is looked at: an error must not lose the plan.
-    let result = f(&plan);
-    PLANS.with(|p| p.borrow_mut().insert(key, (plan, uses + 1)));
+    let result = f(&kept.plan);
+    PLANS.with(|p| {
+        p.borrow_mut().insert(
+            key,
+            Kept {
+                uses: kept.uses + 1,
+                ..kept
+            },
+        )
+    });
     result
 }
 
