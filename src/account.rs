@@ -2,9 +2,10 @@
 //! number with a code sent to the new one.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, lock_phone, record_send, NewCode};
+use crate::outbox::{self, lock_phone, record_send, NewCode, VERIFY_IP};
 use crate::request::{self, CurrentSession};
 use crate::session::USER_JSON;
+use crate::signin::check_verify_rate;
 use crate::{audit, config, db};
 use pg_otp_auth_core::account::{self as rules, Changes};
 use pg_otp_auth_core::config::Config;
@@ -15,6 +16,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 const PHONE_CHANGE: &str = "phone_change";
 /// What the old number is told when the account moves to another one.
@@ -275,6 +277,29 @@ struct LiveCode {
     live: bool,
 }
 
+#[derive(Deserialize)]
+struct Guess {
+    code: Option<LiveCode>,
+    ip_failures: Vec<(f64, i64)>,
+}
+
+/// The user's live phone-change code for the number, and the failures counted against the
+/// client address (the limit sign-in guesses share).
+static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT jsonb_build_object(
+             'code', (SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
+                                                'attempts', attempts,
+                                                'live', expires_at > clock_timestamp())
+                      FROM auth.otp_codes
+                      WHERE subject = $1 AND purpose = $2 AND user_id = $3::uuid
+                        AND consumed_at IS NULL AND invalidated_at IS NULL
+                      ORDER BY created_at DESC LIMIT 1),
+             'ip_failures', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
+        VERIFY_IP.buckets_sql(Some("host($4::inet)"), "$5", "clock_timestamp()")
+    )
+});
+
 fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let new_phone = phone::normalize(required(new_phone, "new_phone")?)?;
     let code = required(code, "otp")?;
@@ -284,20 +309,25 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
     otp::check_format(code, cfg.otp_length)?;
     own_account(&me)?;
     let ip = request::client_ip(&cfg)?;
+    // The user before the number, as everywhere else (admin_update_user): no lock-order
+    // deadlock with an administrator moving this user.
+    db::lock("user", &me.user_id)?;
     lock_phone(&new_phone)?;
-    let live: Option<LiveCode> = db::row_as(
-        "SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
-                                   'attempts', attempts, 'live', expires_at > clock_timestamp())
-         FROM auth.otp_codes
-         WHERE subject = $1 AND purpose = $2 AND user_id = $3::uuid
-           AND consumed_at IS NULL AND invalidated_at IS NULL
-         ORDER BY created_at DESC LIMIT 1",
+    let guess: Guess = db::row_as(
+        &GUESS_SQL,
         &[
             db::text(&new_phone),
             db::text(PHONE_CHANGE),
             db::text(&me.user_id),
+            db::opt_text(ip.as_deref()),
+            cfg.verify_rate_per_ip_window.into(),
         ],
-    )?;
+    )?
+    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
+    if ip.is_some() {
+        check_verify_rate(&cfg, &guess.ip_failures)?;
+    }
+    let live = guess.code;
     let pepper = config::secret("otp_pepper")?;
     let stored = live
         .as_ref()

@@ -125,7 +125,10 @@ fn create_user(
 }
 
 fn get_user(user_id: Option<pgrx::Uuid>) -> Result<Value> {
-    admin_user(&required(user_id, "user_id")?.to_string())
+    let user_id = required(user_id, "user_id")?.to_string();
+    let user = admin_user(&user_id)?;
+    audit("admin_user_read", Some(&user_id), json!({}))?;
+    Ok(user)
 }
 
 fn list_users(
@@ -137,6 +140,11 @@ fn list_users(
     let per_page = i64::from(required(per_page, "per_page")?);
     let (limit, offset) = rules::page(page, per_page)?;
     let prefix = phone_prefix.map(rules::phone_prefix).transpose()?;
+    audit(
+        "admin_users_listed",
+        None,
+        json!({"page": page, "per_page": per_page, "phone_prefix": prefix}),
+    )?;
     db::row(
         &format!(
             "WITH matching AS (
@@ -220,8 +228,9 @@ fn delete_user(user_id: Option<pgrx::Uuid>, soft: Option<bool>) -> Result<Value>
          WHERE u.id = $1::uuid AND c.subject = u.phone",
         "DELETE FROM auth.send_events e USING auth.users u
          WHERE u.id = $1::uuid AND e.phone = u.phone",
+        // Rows of earlier owners of the number keep their user ids and stay.
         "DELETE FROM auth.audit_log a USING auth.users u
-         WHERE u.id = $1::uuid AND (a.user_id = u.id OR a.phone = u.phone)",
+         WHERE u.id = $1::uuid AND (a.user_id = u.id OR (a.user_id IS NULL AND a.phone = u.phone))",
         "DELETE FROM auth.users WHERE id = $1::uuid",
     ] {
         db::run(sql, &id)?;
@@ -245,6 +254,7 @@ fn list_factors(user_id: Option<pgrx::Uuid>) -> Result<Value> {
          FROM auth.mfa_factors WHERE user_id = $1::uuid ORDER BY created_at, id",
         &[db::text(&user_id)],
     )?;
+    audit("admin_factors_listed", Some(&user_id), json!({}))?;
     Ok(Value::Array(factors))
 }
 

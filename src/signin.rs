@@ -204,7 +204,7 @@ static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
-fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
+pub(crate) fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
     match ratelimit::bucketed_retry_after(
         failures,
         cfg.verify_rate_per_ip,

@@ -140,14 +140,30 @@ fn role_name_ok(r: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn roles(v: &Value) -> Result<Vec<String>> {
+/// Roles are granted only from `allowed_roles`, as at sign-up: `default_role` becomes the
+/// token's `role` claim, which PostgREST switches to, so an administrator must not be able to
+/// mint users who act as, say, the service role.
+fn allowed_role(field: &str, r: &str, policy: &Policy) -> Result<String> {
+    if policy.allowed_roles.iter().any(|a| a == r) {
+        Ok(r.to_string())
+    } else {
+        Err(AuthError::new(
+            400,
+            "role-not-allowed",
+            format!("{field}: the role {r} is not in allowed_roles."),
+        ))
+    }
+}
+
+fn roles(v: &Value, policy: &Policy) -> Result<Vec<String>> {
     let bad = || invalid("roles", "must be a non-empty array of role names.");
     let list = v.as_array().ok_or_else(bad)?;
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for r in list {
         let r = r.as_str().filter(|r| role_name_ok(r)).ok_or_else(bad)?;
-        if !out.iter().any(|o| o == r) {
-            out.push(r.to_string());
+        let r = allowed_role("roles", r, policy)?;
+        if !out.contains(&r) {
+            out.push(r);
         }
     }
     if out.is_empty() {
@@ -227,14 +243,14 @@ pub fn admin_changes(attributes: &Value, policy: &Policy) -> Result<Changes> {
         c.metadata = Some(metadata("metadata", v)?);
     }
     if let Some(v) = obj.get("roles") {
-        c.roles = Some(roles(v)?);
+        c.roles = Some(roles(v, policy)?);
     }
     if let Some(v) = obj.get("default_role") {
         let r = v
             .as_str()
             .filter(|r| role_name_ok(r))
             .ok_or_else(|| invalid("default_role", "must be a role name."))?;
-        c.default_role = Some(r.to_string());
+        c.default_role = Some(allowed_role("default_role", r, policy)?);
     }
     if let Some(v) = obj.get("ban_duration") {
         c.ban = Some(ban(v)?);
@@ -320,7 +336,7 @@ mod tests {
             admin_changes(
                 &json!({"phone": "+44 7911 123456", "phone_confirmed": true,
                         "display_name": "Ana", "locale": "fr", "metadata": {"a": 1},
-                        "roles": ["user", "editor", "user"], "default_role": "editor",
+                        "roles": ["user", "me", "user"], "default_role": "me",
                         "ban_duration": "7 days", "avatar_url": null}),
                 p,
             )
@@ -329,7 +345,7 @@ mod tests {
         assert_eq!(c.phone.as_deref(), Some("+447911123456"));
         assert_eq!(c.phone_confirmed, Some(true));
         assert_eq!(c.display_name, Some(Some("Ana".into())));
-        assert_eq!(c.roles, Some(vec!["user".into(), "editor".into()]));
+        assert_eq!(c.roles, Some(vec!["user".into(), "me".into()]));
         assert_eq!(c.ban, Some(Ban::For(7 * 86_400)));
         assert_eq!(c.avatar_url, Some(None));
 
@@ -350,6 +366,13 @@ mod tests {
         }
         let e = with_policy(|p| admin_changes(&json!({"locale": "de"}), p)).unwrap_err();
         assert_eq!(e.code, "locale-not-allowed");
+        for attrs in [
+            json!({"roles": ["user", "service_role"]}),
+            json!({"default_role": "postgres"}),
+        ] {
+            let e = with_policy(|p| admin_changes(&attrs, p)).unwrap_err();
+            assert_eq!(e.code, "role-not-allowed", "{attrs}");
+        }
         let e = with_policy(|p| admin_changes(&json!({"phone": "12"}), p)).unwrap_err();
         assert_eq!(e.code, "invalid-phone");
         assert!(with_policy(|p| admin_changes(&json!([]), p)).is_err());
@@ -360,6 +383,7 @@ mod tests {
         assert_eq!(ban(&json!("none")).unwrap(), Ban::Lift);
         assert_eq!(ban(&json!(" NONE ")).unwrap(), Ban::Lift);
         assert_eq!(ban(&json!("24h")).unwrap(), Ban::For(86_400));
+        assert_eq!(ban(&json!("2 weeks")).unwrap(), Ban::For(14 * 86_400));
         assert_eq!(ban(&json!(90)).unwrap(), Ban::For(90));
         assert_eq!(ban(&json!("01:30:00")).unwrap(), Ban::For(5400));
         assert!(ban(&json!(-5)).is_err());

@@ -247,6 +247,7 @@ pub fn parse_duration(value: &Value) -> Result<i64> {
             "m" | "min" | "mins" | "minute" | "minutes" => 60,
             "h" | "hour" | "hours" => 3600,
             "d" | "day" | "days" => DAY,
+            "w" | "week" | "weeks" => 7 * DAY,
             _ => return Err(bad()),
         };
         total = n

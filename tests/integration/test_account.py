@@ -154,3 +154,37 @@ def test_bad_input_to_the_account_functions(db):
         as_user(db, s, "verify_phone_change", new_phone=NEW, otp=None)
     with raises_auth(401, "not-authenticated"):
         db.rpc("change_phone", new_phone=NEW)
+
+
+def test_another_users_request_for_the_same_number_does_not_cancel_a_pending_change(db):
+    a = db.sign_in(PHONE)
+    b = db.sign_in(OTHER)
+    as_user(db, a, "change_phone", new_phone=NEW)
+    code_a = db.last_code(NEW)
+    as_user(db, b, "change_phone", new_phone=NEW)
+    assert db.one("SELECT count(*) FROM auth.otp_codes WHERE subject = %s AND purpose = 'phone_change' "
+                  "AND invalidated_at IS NULL", NEW) == 2
+    # The number's holder uses the code sent for A's request: it moves A, and only A.
+    assert as_user(db, a, "verify_phone_change", new_phone=NEW, otp=code_a)["user"]["id"] == a["user"]["id"]
+    with raises_auth(409, "user-already-exists"):
+        as_user(db, b, "verify_phone_change", new_phone=NEW, otp=db.last_code(NEW))
+
+
+def test_wrong_phone_change_codes_count_against_the_client_address(db):
+    db.setting("verify_rate_per_ip", 2)
+    s = db.sign_in(PHONE)
+    as_user(db, s, "change_phone", new_phone=NEW)
+    code = db.last_code(NEW)
+    wrong = "000000" if code != "000000" else "111111"
+    headers = {"x-forwarded-for": "203.0.113.9"}
+    for _ in range(2):
+        with raises_auth(401, "invalid-otp"):
+            db.rpc("verify_phone_change", role="authenticated", claims=db.claims_of(s), headers=headers,
+                   new_phone=NEW, otp=wrong)
+    with raises_auth(429, "over-request-rate-limit"):
+        db.rpc("verify_phone_change", role="authenticated", claims=db.claims_of(s), headers=headers,
+               new_phone=NEW, otp=code)
+    # Another address is not limited.
+    r = db.rpc("verify_phone_change", role="authenticated", claims=db.claims_of(s),
+               headers={"x-forwarded-for": "203.0.113.10"}, new_phone=NEW, otp=code)
+    assert r["user"]["phone"] == NEW

@@ -32,10 +32,11 @@ def service_role(db):
 
 
 def test_create_get_and_list_users(db):
+    db.setting("allowed_roles", ["authenticated", "editor"])
     u = admin(db, "admin_create_user", phone="+44 7911 123456", phone_confirmed=True, display_name="Ana",
               locale="en", metadata={"plan": "pro"})
     assert u["phone"] == "+447911123456" and u["phone_verified"] is True and u["display_name"] == "Ana"
-    assert u["metadata"] == {"plan": "pro"} and u["roles"] == ["authenticated"] and u["default_role"] == "authenticated"
+    assert u["metadata"] == {"plan": "pro"} and u["roles"] == ["authenticated", "editor"] and u["default_role"] == "authenticated"
     assert u["disabled"] is False and u["banned_until"] is None and u["deleted_at"] is None
     assert admin(db, "admin_get_user", user_id=u["id"]) == u
     # The created user signs in with the number like anyone else.
@@ -71,6 +72,7 @@ def test_create_get_and_list_users(db):
 
 
 def test_update_user_applies_all_or_nothing(db):
+    db.setting("allowed_roles", ["authenticated", "user", "editor"])
     s = db.sign_in(PHONE)
     uid = s["user"]["id"]
     u = admin(db, "admin_update_user", user_id=uid,
@@ -80,7 +82,8 @@ def test_update_user_applies_all_or_nothing(db):
     # New tokens carry the new roles.
     assert db.claims_of(db.sign_in(PHONE))["role"] == "editor"
 
-    before = db.counts(), admin(db, "admin_get_user", user_id=uid)
+    snapshot = admin(db, "admin_get_user", user_id=uid)
+    before = db.counts()
     for attrs, status, code, field in [
         ({"display_name": "Ok", "locale": "zz"}, 400, "locale-not-allowed", "locale"),
         ({"metadata": "nope"}, 400, "invalid-request", "metadata"),
@@ -89,11 +92,15 @@ def test_update_user_applies_all_or_nothing(db):
         ({"phone_confirmed": "yes"}, 400, "invalid-request", "phone_confirmed"),
         ({"favourite_colour": "red"}, 400, "invalid-request", "favourite_colour"),
         ({"phone": "12"}, 400, "invalid-phone", "phone"),
+        # Roles come from allowed_roles only: no user minted to act as the service role.
+        ({"roles": ["user", "service_role"]}, 400, "role-not-allowed", "roles"),
+        ({"default_role": "postgres"}, 400, "role-not-allowed", "default_role"),
     ]:
         with raises_auth(status, code) as e:
             admin(db, "admin_update_user", user_id=uid, attributes=attrs)
-        assert field in e.value.diag.message_primary or code != "invalid-request"
-    assert (db.counts(), admin(db, "admin_get_user", user_id=uid)) == before
+        assert field in e.value.diag.message_primary
+    assert db.counts() == before
+    assert admin(db, "admin_get_user", user_id=uid) == snapshot
     with raises_auth(404, "user-not-found"):
         admin(db, "admin_update_user", user_id=str(uuid.uuid4()), attributes={"display_name": "X"})
 
@@ -248,6 +255,15 @@ def test_every_admin_action_is_audited_with_the_acting_role(db, service_role):
     assert ("admin_user_updated", service_role) in rows
     assert ("admin_sign_out", "postgres") in rows
     assert ("user_disabled", service_role) in rows
+    # Reads are audited too: who looked at whose number.
+    db.rpc("admin_get_user", role=service_role, claims=claims, user_id=uid)
+    db.rpc("admin_list_users", role=service_role, claims=claims, phone_prefix="+1555")
+    db.rpc("admin_list_factors", role=service_role, claims=claims, user_id=uid)
+    reads = db.q("SELECT event, user_id::text, detail, actor FROM auth.audit_log "
+                 "WHERE event IN ('admin_user_read', 'admin_users_listed', 'admin_factors_listed') ORDER BY created_at")
+    assert reads == [("admin_user_read", uid, {}, service_role),
+                     ("admin_users_listed", None, {"page": 1, "per_page": 50, "phone_prefix": "+1555"}, service_role),
+                     ("admin_factors_listed", uid, {}, service_role)]
 
 
 def test_a_granted_role_may_call_the_admin_functions_and_a_client_role_may_not(db, service_role):
