@@ -65,37 +65,30 @@ pub async fn run(
     let mut in_flight = JoinSet::new();
     let mut db_backoff = Duration::from_millis(100);
 
-    // Messages are claimed ahead of free slots (up to `batch_size` wait, leased, for a slot):
-    // a claim is a commit, and claiming one message per freed slot would make every send wait
-    // for a WAL flush of its own. A claim is made when a slot would otherwise idle, or when a
-    // worthwhile batch (`batch_size`, at most `concurrency`) has room.
-    let capacity = shared.cfg.concurrency + shared.cfg.batch_size;
-    let worthwhile = shared.cfg.batch_size.min(shared.cfg.concurrency);
+    // A claim is a commit: claiming one message per freed slot would make every send wait for
+    // a WAL flush of its own. So the loop claims once half the slots (at most `batch_size`) are
+    // free, or when nothing is being sent. Claimed messages never wait for a slot, so each is
+    // sent well inside its lease.
+    let worthwhile = (shared.cfg.concurrency / 2).clamp(1, shared.cfg.batch_size);
     while !*stop.borrow() {
         while in_flight.try_join_next().is_some() {}
-        let room = capacity.saturating_sub(in_flight.len());
-        let starving = in_flight.len() < shared.cfg.concurrency;
-        if room == 0 || !(starving || room >= worthwhile) {
+        let free = slots.available_permits().min(shared.cfg.batch_size);
+        if free == 0 || (free < worthwhile && !in_flight.is_empty()) {
             tokio::select! {
                 _ = in_flight.join_next() => {}
                 _ = stop.changed() => {}
             }
             continue;
         }
-        match shared
-            .store
-            .claim(room.min(shared.cfg.batch_size), shared.cfg.lease)
-            .await
-        {
+        match shared.store.claim(free, shared.cfg.lease).await {
             Ok(batch) if !batch.is_empty() => {
                 shared.metrics.db_ok();
                 db_backoff = Duration::from_millis(100);
                 tracing::debug!(count = batch.len(), "claimed");
                 for claimed in batch {
-                    let slots = slots.clone();
+                    let permit = slots.clone().acquire_owned().await.expect("semaphore open");
                     let s = shared.clone();
                     in_flight.spawn(async move {
-                        let permit = slots.acquire_owned().await.expect("semaphore open");
                         deliver(&s, claimed).await;
                         drop(permit);
                     });

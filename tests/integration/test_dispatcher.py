@@ -395,6 +395,37 @@ def test_notify_wakes_the_dispatcher_without_waiting_for_a_poll(ddb):
     fake.close()
 
 
+def test_no_claimed_message_waits_for_a_slot(ddb):
+    # Claims wait until half the slots are free (a claim is a commit), but never take more than
+    # the free slots: a message that waited for a slot could outlive its lease and be sent twice.
+    lock = threading.Lock()
+    release = threading.Event()
+    state = {"now": 0, "most": 0}
+
+    def respond(r):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        release.wait(30)
+        with lock:
+            state["now"] -= 1
+        return 200, {}, 0
+
+    fake = Fake(respond)
+    ids = queue(ddb, 30)
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
+                   "--batch-size", "5", "--concurrency", "4")
+    leased = lambda: sum(1 for s in statuses(ddb).values() if s[0] == "sending")
+    wait_until(lambda: len(fake.requests) == 4, what="4 sends under way")
+    assert leased() == 4
+    release.set()
+    wait_until(all_status(ddb, "sent"), timeout=60)
+    assert d.stop()[0] == 0
+    assert state["most"] == 4
+    assert sorted(json.loads(r["body"])["message_id"] for r in fake.requests) == sorted(ids)
+    fake.close()
+
+
 def test_two_dispatchers_deliver_every_message_exactly_once(ddb):
     fake = Fake(lambda r: (200, {}, 0.02))
     ids = queue(ddb, 60)
