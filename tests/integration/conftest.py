@@ -77,6 +77,10 @@ class Db:
             if own:
                 conn.close()
 
+    def as_user(self, session, fn, **args):
+        """`fn` called by the signed-in user of `session`, as PostgREST runs it with their token."""
+        return self.rpc(fn, role="authenticated", claims=self.claims_of(session), **args)
+
     def outbox(self, phone=None):
         if phone:
             return self.q("SELECT id, body, channel, status, captcha_token FROM auth.sms_outbox WHERE phone = %s ORDER BY created_at", phone)

@@ -18,10 +18,6 @@ def admin(db, fn, **args):
     return db.one(f"SELECT auth.{fn}({named})", *vals)
 
 
-def as_user(db, session, fn, **args):
-    return db.rpc(fn, role="authenticated", claims=db.claims_of(session), **args)
-
-
 @pytest.fixture
 def service_role(db):
     """A PostgREST service role made an administrator with auth.grant_admin."""
@@ -129,7 +125,7 @@ def test_a_ban_kills_sessions_at_once_and_ends_after_its_duration(db):
     with raises_auth(401, "invalid-refresh-token"):
         db.rpc("refresh_session", refresh_token=s["refresh_token"])
     with raises_auth(401, "not-authenticated"):
-        as_user(db, s, "get_user")
+        db.as_user(s, "get_user")
     with raises_auth(403, "disabled-user"):
         db.rpc("verify_sms_otp", phone=PHONE, otp=pending)
     # While banned, a code request is answered as usual and nothing is sent.
@@ -170,7 +166,7 @@ def user_rows(db, uid, phone):
 def test_hard_delete_leaves_no_row_of_the_user(db):
     s = db.sign_in(PHONE)
     uid = s["user"]["id"]
-    as_user(db, s, "mfa_enroll", factor_type="phone", phone="+15550600077", friendly_name="backup")
+    db.as_user(s, "mfa_enroll", factor_type="phone", phone="+15550600077", friendly_name="backup")
     db.rpc("send_sms_otp", phone=PHONE)  # a queued message and a live code
     db.rpc("refresh_session", refresh_token=s["refresh_token"])
     assert len(user_rows(db, uid, PHONE)) >= 6
@@ -218,7 +214,7 @@ def test_soft_delete_keeps_the_row_and_frees_the_number(db):
 def test_factors_and_sign_out(db):
     s = db.sign_in(PHONE)
     uid = s["user"]["id"]
-    f = as_user(db, s, "mfa_enroll", factor_type="phone", phone="+15550600077", friendly_name="backup")
+    f = db.as_user(s, "mfa_enroll", factor_type="phone", phone="+15550600077", friendly_name="backup")
     listed = admin(db, "admin_list_factors", user_id=uid)
     assert [(x["id"], x["type"], x["status"]) for x in listed] == [(f["id"], "phone", "unverified")]
     with raises_auth(404, "mfa-factor-not-found"):
@@ -237,8 +233,8 @@ def test_factors_and_sign_out(db):
         with raises_auth(401, "invalid-refresh-token"):
             db.rpc("refresh_session", refresh_token=sess["refresh_token"])
         with raises_auth(401, "not-authenticated"):
-            as_user(db, sess, "get_user")
-    assert as_user(db, other, "get_user")["id"] == other["user"]["id"]
+            db.as_user(sess, "get_user")
+    assert db.as_user(other, "get_user")["id"] == other["user"]["id"]
     with raises_auth(404, "user-not-found"):
         admin(db, "admin_sign_out", user_id=str(uuid.uuid4()))
 
