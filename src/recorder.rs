@@ -110,13 +110,6 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-fn epoch_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 unsafe fn set_latch_of(proc_: usize) {
     if proc_ != 0 {
         unsafe { pg_sys::SetLatch(&raw mut (*(proc_ as *mut pg_sys::PGPROC)).procLatch) };
@@ -277,7 +270,7 @@ fn take_wake_up(db: u32) -> bool {
 /// Asks for a recorder for `db` unless one was asked for recently; the record at hand goes to
 /// the fallback meanwhile.
 fn request_recorder(q: &mut Queue, db: u32) {
-    let now = epoch_seconds();
+    let now = pg_otp_auth_core::clock::unix_seconds();
     let entry = match entry_of(q, db) {
         Some(i) if now - q.recorders[i].requested_at < START_TIMEOUT_SECS => return,
         Some(i) => i,

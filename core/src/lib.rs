@@ -5,6 +5,7 @@
 
 pub mod account;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod mfa;
