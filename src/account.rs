@@ -1,37 +1,25 @@
 //! The signed-in user's own account: reading and updating the profile, and changing the phone
 //! number with a code sent to the new one.
 
-use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, lock_phone, record_send, NewCode, VERIFY_IP};
+use crate::autonomous;
+use crate::mfa::insufficient_aal;
+use crate::outbox::{self, lock_phone};
 use crate::request::{self, CurrentSession};
 use crate::session::USER_JSON;
-use crate::signin::check_verify_rate;
+use crate::signin::judge_code;
 use crate::{audit, config, db};
 use pg_otp_auth_core::account::{self as rules, Changes};
-use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
-use pg_otp_auth_core::profile::Policy;
 use pg_otp_auth_core::{otp, phone};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::LazyLock;
 
 const PHONE_CHANGE: &str = "phone_change";
 /// What the old number is told when the account moves to another one.
 const PHONE_CHANGED_NOTICE: &str =
     "The phone number of your account was changed. If this was not you, contact support.";
-
-pub fn policy(cfg: &Config) -> Policy<'_> {
-    Policy {
-        allowed_roles: &cfg.allowed_roles,
-        default_role: &cfg.default_role,
-        allowed_locales: &cfg.allowed_locales,
-        default_locale: &cfg.default_locale,
-        allowed_redirect_prefixes: &cfg.allowed_redirect_prefixes,
-    }
-}
 
 /// The user object, as sessions carry it.
 pub fn user_json(user_id: &str) -> Result<Value> {
@@ -40,6 +28,19 @@ pub fn user_json(user_id: &str) -> Result<Value> {
         &[db::text(user_id)],
     )?
     .ok_or_else(user_not_found)
+}
+
+/// Whether a user has this number (the caller holds the phone's lock).
+fn phone_in_use(phone: &str) -> Result<bool> {
+    Ok(db::row(
+        "SELECT to_jsonb(true) FROM auth.users WHERE phone = $1",
+        &[db::text(phone)],
+    )?
+    .is_some())
+}
+
+pub fn phone_taken(message: &str) -> AuthError {
+    AuthError::new(409, "user-already-exists", message.to_string())
 }
 
 pub fn user_not_found() -> AuthError {
@@ -82,17 +83,8 @@ pub fn apply(user_id: &str, c: &Changes) -> Result<Vec<&'static str>> {
         .filter(|p| Some(*p) != s.phone.as_deref());
     if let Some(p) = new_phone {
         lock_phone(p)?;
-        if db::row(
-            "SELECT to_jsonb(true) FROM auth.users WHERE phone = $1",
-            &[db::text(p)],
-        )?
-        .is_some()
-        {
-            return Err(AuthError::new(
-                409,
-                "user-already-exists",
-                "phone: another user has this phone number.",
-            ));
+        if phone_in_use(p)? {
+            return Err(phone_taken("phone: another user has this phone number."));
         }
     }
     let ban = c.ban.map(|b| match b {
@@ -185,7 +177,7 @@ fn update_user(
             .map(|d| rules::display_name("display_name", &json!(d)))
             .transpose()?,
         locale: locale
-            .map(|l| rules::locale("locale", &json!(l), &policy(&cfg)))
+            .map(|l| rules::locale("locale", &json!(l), &cfg.policy()))
             .transpose()?,
         avatar_url: avatar_url
             .map(|a| rules::avatar_url("avatar_url", &json!(a)))
@@ -224,9 +216,7 @@ fn own_account(me: &CurrentSession) -> Result<Own> {
     )?
     .ok_or_else(AuthError::not_authenticated)?;
     if own.has_verified_factor && !me.is_aal2() {
-        return Err(AuthError::new(
-            403,
-            "insufficient-aal",
+        return Err(insufficient_aal(
             "Changing the phone number needs an aal2 session.",
         ));
     }
@@ -248,57 +238,17 @@ fn change_phone(new_phone: Option<&str>, channel: Option<&str>) -> Result<Value>
     lock_phone(&new_phone)?;
     // A number that is another user's is answered alike, and nothing is sent to it.
     let taken = outbox::admit(&cfg, &new_phone, ip.as_deref())?.is_some();
-    let code = if taken {
-        None
-    } else {
-        let code = outbox::new_code(&cfg, &new_phone)?;
-        let pepper = config::secret("otp_pepper")?;
-        Some(NewCode {
-            user_id: &me.user_id,
-            purpose: PHONE_CHANGE,
-            hash: otp::hash_code(&pepper, PHONE_CHANGE, &new_phone, &code.value),
-            ttl_seconds: cfg.otp_ttl,
-            body: outbox::body(&cfg, &code, Some(&own.locale), cfg.otp_ttl)?,
-            captcha_token: None,
-        })
-    };
-    let i = record_send(&cfg, &new_phone, ip.as_deref(), channel, !taken, code)?;
-    Ok(
-        json!({"message_id": i.id, "phone": phone::mask(&new_phone), "channel": channel,
-              "expires_at": i.expires_at}),
+    let to = (!taken).then_some((me.user_id.as_str(), own.locale.as_str()));
+    outbox::send_code(
+        &cfg,
+        &new_phone,
+        ip.as_deref(),
+        channel,
+        PHONE_CHANGE,
+        to,
+        None,
     )
 }
-
-#[derive(Deserialize)]
-struct LiveCode {
-    id: String,
-    hash: String,
-    attempts: i64,
-    live: bool,
-}
-
-#[derive(Deserialize)]
-struct Guess {
-    code: Option<LiveCode>,
-    ip_failures: Vec<(f64, i64)>,
-}
-
-/// The user's live phone-change code for the number, and the failures counted against the
-/// client address (the limit sign-in guesses share).
-static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT jsonb_build_object(
-             'code', (SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
-                                                'attempts', attempts,
-                                                'live', expires_at > clock_timestamp())
-                      FROM auth.otp_codes
-                      WHERE subject = $1 AND purpose = $2 AND user_id = $3::uuid
-                        AND consumed_at IS NULL AND invalidated_at IS NULL
-                      ORDER BY created_at DESC LIMIT 1),
-             'ip_failures', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
-        VERIFY_IP.buckets_sql(Some("host($4::inet)"), "$5", "clock_timestamp()")
-    )
-});
 
 fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let new_phone = phone::normalize(required(new_phone, "new_phone")?)?;
@@ -313,61 +263,25 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
     // deadlock with an administrator moving this user.
     db::lock("user", &me.user_id)?;
     lock_phone(&new_phone)?;
-    let guess: Guess = db::row_as(
-        &GUESS_SQL,
-        &[
-            db::text(&new_phone),
-            db::text(PHONE_CHANGE),
-            db::text(&me.user_id),
-            db::opt_text(ip.as_deref()),
-            cfg.verify_rate_per_ip_window.into(),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
-    if ip.is_some() {
-        check_verify_rate(&cfg, &guess.ip_failures)?;
-    }
-    let live = guess.code;
-    let pepper = config::secret("otp_pepper")?;
-    let stored = live
-        .as_ref()
-        .map(|c| db::from_hex(&c.hash))
-        .unwrap_or_default();
-    let matches = otp::verify_code(&pepper, PHONE_CHANGE, &new_phone, code, &stored);
-    let live = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
-    let Some(live) = live.as_ref().filter(|_| matches) else {
-        // Counted durably before the answer, as sign-in guesses are.
-        autonomous::record(&Action::Attempt {
-            audit_id: otp::random_uuid()?,
-            target: Target::Code {
-                code_id: live.map(|c| c.id),
-                phone: new_phone.clone(),
-            },
-            failed: true,
-            ip: ip.clone(),
-        })?;
-        return Err(AuthError::invalid_otp());
-    };
+    let code_id = judge_code(
+        &cfg,
+        &new_phone,
+        PHONE_CHANGE,
+        Some(&me.user_id),
+        code,
+        ip.as_deref(),
+    )?;
     db::row(
         "UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
            AND expires_at > clock_timestamp() AND attempts < $2
          RETURNING to_jsonb(id)",
-        &[db::text(&live.id), cfg.otp_max_attempts.into()],
+        &[db::text(&code_id), cfg.otp_max_attempts.into()],
     )?
     .ok_or_else(AuthError::invalid_otp)?;
-    if db::row(
-        "SELECT to_jsonb(true) FROM auth.users WHERE phone = $1",
-        &[db::text(&new_phone)],
-    )?
-    .is_some()
-    {
+    if phone_in_use(&new_phone)? {
         // The caller has just proved they hold the number: telling them it is taken is safe.
-        return Err(AuthError::new(
-            409,
-            "user-already-exists",
-            "This phone number belongs to another account.",
-        ));
+        return Err(phone_taken("This phone number belongs to another account."));
     }
     let old: Option<String> = db::row(
         "WITH old AS (SELECT phone FROM auth.users WHERE id = $1::uuid FOR UPDATE),

@@ -2,7 +2,8 @@
 //! extension's rules rather than by hand on its tables. Callable by the extension owner and by
 //! roles given `auth.grant_admin`; every action is audited with the acting database role.
 
-use crate::account::{apply, policy, user_not_found};
+use crate::account::{apply, phone_taken, user_not_found};
+use crate::mfa::factor_not_found;
 use crate::outbox::lock_phone;
 use crate::session::USER_JSON;
 use crate::{config, db};
@@ -75,7 +76,7 @@ fn create_user(
     let phone_number = phone::normalize(required(phone_number, "phone")?)?;
     let confirmed = required(phone_confirmed, "phone_confirmed")?;
     let cfg = config::load()?;
-    let p = policy(&cfg);
+    let p = cfg.policy();
     let mut attrs = json!({});
     if let Some(d) = display_name {
         attrs["display_name"] = json!(d);
@@ -113,13 +114,7 @@ fn create_user(
         ],
     )?
     .and_then(|v| v.as_str().map(str::to_string))
-    .ok_or_else(|| {
-        AuthError::new(
-            409,
-            "user-already-exists",
-            "phone: a user with this phone number already exists.",
-        )
-    })?;
+    .ok_or_else(|| phone_taken("phone: a user with this phone number already exists."))?;
     audit("admin_user_created", Some(&id), json!({}))?;
     admin_user(&id)
 }
@@ -172,7 +167,7 @@ fn update_user(user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) -> Result
     let user_id = required(user_id, "user_id")?.to_string();
     let JsonB(attributes) = required(attributes, "attributes")?;
     let cfg = config::load()?;
-    let changes: Changes = rules::admin_changes(&attributes, &policy(&cfg))?;
+    let changes: Changes = rules::admin_changes(&attributes, &cfg.policy())?;
     let fields = apply(&user_id, &changes)?;
     let mut detail = json!({"fields": fields});
     if let Some(rules::Ban::For(seconds)) = changes.ban {
@@ -277,7 +272,7 @@ fn delete_factor(user_id: Option<pgrx::Uuid>, factor_id: Option<pgrx::Uuid>) -> 
          FROM gone",
         &[db::text(&user_id), db::text(&factor_id)],
     )?
-    .ok_or_else(|| AuthError::new(404, "mfa-factor-not-found", "No such factor."))?;
+    .ok_or_else(factor_not_found)?;
     audit("admin_factor_deleted", Some(&user_id), deleted.clone())?;
     Ok(json!({"id": deleted["id"]}))
 }

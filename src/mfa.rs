@@ -4,7 +4,9 @@
 use crate::autonomous::{self, Action, Target};
 use crate::outbox::{self, lock_phone, Issued};
 use crate::request::{self, CurrentSession};
+use crate::session::USER_BLOCKED;
 use crate::{audit, config, db, session};
+use pg_otp_auth_core::clock::unix_seconds;
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::mfa::{
@@ -24,7 +26,7 @@ const CHALLENGE_PURPOSE: &str = "mfa_challenge";
 const RECOVERY_PURPOSE: &str = "recovery";
 const TOTP_SECRET_BYTES: usize = 20;
 
-fn factor_not_found() -> AuthError {
+pub(crate) fn factor_not_found() -> AuthError {
     AuthError::new(404, "mfa-factor-not-found", "No such factor.")
 }
 
@@ -32,7 +34,7 @@ fn invalid_totp() -> AuthError {
     AuthError::new(401, "invalid-totp", "The code is invalid or has expired.")
 }
 
-fn insufficient_aal(message: &str) -> AuthError {
+pub(crate) fn insufficient_aal(message: &str) -> AuthError {
     AuthError::new(403, "insufficient-aal", message)
 }
 
@@ -112,15 +114,6 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
         ),
         &[db::text(user_id)],
     )
-}
-
-fn now_epoch() -> Result<i64> {
-    // The wall clock (as clock_timestamp()): a transaction held open must not freeze the TOTP
-    // time step.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .map_err(|_| AuthError::internal("The clock is before 1970."))
 }
 
 /// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
@@ -456,7 +449,7 @@ fn verify_challenge(
         return Err(wrong());
     }
     let step = if is_totp {
-        factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?
+        factor.fresh_totp_step(code, unix_seconds(), cfg.totp_window)?
     } else {
         let pepper = config::secret("otp_pepper")?;
         let stored = c.code_hash.as_deref().map(db::from_hex).unwrap_or_default();
@@ -677,11 +670,14 @@ fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
     let hash = refresh_token_hash(ticket);
     db::lock("ticket", &db::to_hex(&hash))?;
     let t: Ticket = db::row_as(
-        "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
-                                   'attempts', t.attempts,
-                                   'disabled', u.disabled OR coalesce(u.banned_until > now(), false),
-                                   'live', t.consumed_at IS NULL AND t.expires_at > clock_timestamp())
-         FROM auth.mfa_tickets t JOIN auth.users u ON u.id = t.user_id WHERE t.ticket_hash = $1",
+        &format!(
+            "SELECT jsonb_build_object('id', t.id, 'user_id', t.user_id, 'first_amr', t.first_amr,
+                                       'attempts', t.attempts, 'disabled', {USER_BLOCKED},
+                                       'live', t.consumed_at IS NULL
+                                               AND t.expires_at > clock_timestamp())
+             FROM auth.mfa_tickets t JOIN auth.users u ON u.id = t.user_id
+             WHERE t.ticket_hash = $1"
+        ),
         &[hash.into()],
     )?
     .ok_or_else(invalid_ticket)?;
@@ -723,7 +719,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     db::lock("factor", &factor.id)?;
     check_factor_failures(&cfg, &t.user_id, &factor.id)?;
     let ip = request::client_ip(&cfg)?;
-    let step = factor.fresh_totp_step(code, now_epoch()?, cfg.totp_window)?;
+    let step = factor.fresh_totp_step(code, unix_seconds(), cfg.totp_window)?;
     autonomous::record(&Action::Attempt {
         audit_id: otp::random_uuid()?,
         target: Target::Ticket {

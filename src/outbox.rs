@@ -88,9 +88,9 @@ struct Admission {
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT jsonb_build_object(
-            'recipient', (SELECT jsonb_build_object('id', id, 'locale', locale,
-                                               'disabled', disabled OR coalesce(banned_until > now(), false))
-                          FROM auth.users WHERE phone = $1),
+            'recipient', (SELECT jsonb_build_object('id', u.id, 'locale', u.locale,
+                                                    'disabled', {blocked})
+                          FROM auth.users u WHERE u.phone = $1),
             'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
                 SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
                 WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
@@ -101,6 +101,7 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
             'global', {global})",
         ip = SEND_IP.buckets_sql(Some("host($4::inet)"), "$5", "now()"),
         global = BUDGET.buckets_sql(None, "3600", "now()"),
+        blocked = crate::session::USER_BLOCKED,
     )
 });
 
@@ -267,6 +268,40 @@ pub fn record_send(
         ],
     )?
     .ok_or_else(|| AuthError::internal("The code could not be stored."))
+}
+
+/// Records an admitted code request for `phone` and, when it is `to` a user (id, locale),
+/// issues a code of `purpose` and queues its message; answers as `send_sms_otp` does, the same
+/// shape whether or not anything was sent.
+pub fn send_code(
+    cfg: &Config,
+    phone: &str,
+    ip: Option<&str>,
+    channel: &str,
+    purpose: &str,
+    to: Option<(&str, &str)>,
+    captcha_token: Option<&str>,
+) -> Result<Value> {
+    let code = match to {
+        Some((user_id, locale)) => {
+            let code = new_code(cfg, phone)?;
+            let pepper = crate::config::secret("otp_pepper")?;
+            Some(NewCode {
+                user_id,
+                purpose,
+                hash: otp::hash_code(&pepper, purpose, phone, &code.value),
+                ttl_seconds: cfg.otp_ttl,
+                body: body(cfg, &code, Some(locale), cfg.otp_ttl)?,
+                captcha_token,
+            })
+        }
+        None => None,
+    };
+    let i = record_send(cfg, phone, ip, channel, to.is_some(), code)?;
+    Ok(
+        serde_json::json!({"message_id": i.id, "phone": pg_otp_auth_core::phone::mask(phone),
+                          "channel": channel, "expires_at": i.expires_at}),
+    )
 }
 
 pub fn lock_phone(phone: &str) -> Result<()> {

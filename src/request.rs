@@ -1,10 +1,12 @@
 //! What the caller's request says about itself: client IP and JWT claims, as PostgREST sets them.
 
 use crate::db;
+use crate::session::USER_BLOCKED;
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::pg_sys;
 use serde::Deserialize;
+use std::sync::LazyLock;
 
 /// The client IP: from the configured forwarding header of `request.headers` (as PostgREST
 /// sets it), believing only what the trusted proxies appended (see `core::client_ip`), else the
@@ -71,6 +73,17 @@ impl CurrentSession {
     }
 }
 
+/// Session $1 of user $2 (as text), if it is live and its user not blocked.
+static LIVE_SESSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal,
+                                  'amr', s.amr)
+         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
+         WHERE s.id = $1::uuid AND s.user_id::text = $2
+           AND s.revoked_at IS NULL AND NOT {USER_BLOCKED}"
+    )
+});
+
 /// The caller's session: the `sub` and `session_id` claims must name a live session of that
 /// user. Checking the session row, not just the claims, means that a SQL client who can set
 /// `request.jwt.claims` still needs an unguessable, unrevoked session id to act as a user, and
@@ -91,23 +104,13 @@ pub fn current_session() -> Result<CurrentSession> {
     let (Some(session_id), Some(sub), Some(expires)) = (session_id, text("sub"), expires) else {
         return Err(AuthError::not_authenticated());
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(f64::MAX);
-    if expires as f64 <= now {
+    // Whole seconds: for the integer exp, exp > now and exp > floor(now) agree.
+    if expires as i64 <= pg_otp_auth_core::clock::unix_seconds() {
         return Err(AuthError::not_authenticated());
     }
-    let mut me = db::row_as::<CurrentSession>(
-        "SELECT jsonb_build_object('user_id', s.user_id, 'session_id', s.id, 'aal', s.aal,
-                                  'amr', s.amr)
-         FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id
-         WHERE s.id = $1::uuid AND s.user_id::text = $2
-           AND s.revoked_at IS NULL AND NOT u.disabled
-           AND (u.banned_until IS NULL OR u.banned_until <= now())",
-        &[db::text(&session_id), db::text(&sub)],
-    )?
-    .ok_or_else(AuthError::not_authenticated)?;
+    let mut me =
+        db::row_as::<CurrentSession>(&LIVE_SESSION_SQL, &[db::text(&session_id), db::text(&sub)])?
+            .ok_or_else(AuthError::not_authenticated)?;
     me.claim_aal = text("aal");
     Ok(me)
 }

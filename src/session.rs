@@ -15,6 +15,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::LazyLock;
 
+/// Whether the user (alias `u`) is refused: disabled, or banned until a time still to come.
+pub const USER_BLOCKED: &str = "(u.disabled OR coalesce(u.banned_until > now(), false))";
+
 /// The `user` object of a session, as the API returns it.
 pub const USER_JSON: &str = "jsonb_build_object(
     'id', u.id, 'phone', u.phone, 'phone_verified', u.phone_confirmed_at IS NOT NULL,
@@ -72,6 +75,19 @@ static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Rotates refresh token $2 of session $1 (a concurrent call may have rotated it just now, which
+/// is within grace), marks the session refreshed, and issues the next token (see ISSUE_SQL).
+static ROTATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    issued_row_sql(
+        "WITH rotated AS (
+             UPDATE auth.refresh_tokens SET rotated_at = now()
+             WHERE id = $2::uuid AND rotated_at IS NULL),
+         s AS (
+             UPDATE auth.sessions SET refreshed_at = now() WHERE id = $1::uuid
+             RETURNING id, user_id, aal, amr)",
+    )
+});
+
 /// Starts an aal1 session for `user_id`, authenticated by `method`, and issues its tokens.
 pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Result<Value> {
     start_with(cfg, user_id, "aal1", json!([]), method, ip)
@@ -107,9 +123,20 @@ pub fn start_with(
 
 /// Issues an access token and a new refresh token for an existing session.
 pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Value> {
+    issue_with(&ISSUE_SQL, cfg, session_id, parent_token_id)
+}
+
+/// Issues tokens with `sql` (ISSUE_SQL or ROTATE_SQL: $1 session, $2 parent token, $3 hash of
+/// the new token, $4 its lifetime).
+fn issue_with(
+    sql: &str,
+    cfg: &Config,
+    session_id: &str,
+    parent_token_id: Option<&str>,
+) -> Result<Value> {
     let refresh_token = new_refresh_token()?;
     let row: SessionRow = db::row_as(
-        &ISSUE_SQL,
+        sql,
         &[
             db::text(session_id),
             db::opt_text(parent_token_id),
@@ -155,6 +182,21 @@ fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Value> {
     }))
 }
 
+static PRESENTED_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT jsonb_build_object(
+                    'id', r.id, 'session_id', r.session_id,
+                    'expired', r.expires_at <= clock_timestamp(),
+                    'rotated_age', extract(epoch FROM clock_timestamp() - r.rotated_at),
+                    'children', (SELECT count(*) FROM auth.refresh_tokens c WHERE c.parent_id = r.id),
+                    'session_revoked', s.revoked_at IS NOT NULL, 'disabled', {USER_BLOCKED})
+         FROM auth.refresh_tokens r
+         JOIN auth.sessions s ON s.id = r.session_id
+         JOIN auth.users u ON u.id = s.user_id
+         WHERE r.token_hash = $1"
+    )
+});
+
 #[derive(Deserialize)]
 struct PresentedToken {
     id: String,
@@ -173,25 +215,13 @@ fn refresh(token: Option<&str>) -> Result<Value> {
     }
     autonomous::require_own_transaction()?;
     let cfg = config::load()?;
+    let hash = refresh_token_hash(token);
     // Concurrent presentations of one token are judged one at a time (the sibling limit).
-    db::lock("refresh", &db::to_hex(&refresh_token_hash(token)))?;
+    db::lock("refresh", &db::to_hex(&hash))?;
     // clock_timestamp(), not now(): a transaction held open from before the rotation must not
     // make a stale token look freshly rotated.
-    let t: PresentedToken = db::row_as(
-        "SELECT jsonb_build_object(
-                    'id', r.id, 'session_id', r.session_id,
-                    'expired', r.expires_at <= clock_timestamp(),
-                    'rotated_age', extract(epoch FROM clock_timestamp() - r.rotated_at),
-                    'children', (SELECT count(*) FROM auth.refresh_tokens c WHERE c.parent_id = r.id),
-                    'session_revoked', s.revoked_at IS NOT NULL,
-                    'disabled', u.disabled OR coalesce(u.banned_until > now(), false))
-         FROM auth.refresh_tokens r
-         JOIN auth.sessions s ON s.id = r.session_id
-         JOIN auth.users u ON u.id = s.user_id
-         WHERE r.token_hash = $1",
-        &[refresh_token_hash(token).into()],
-    )?
-    .ok_or_else(AuthError::invalid_refresh_token)?;
+    let t: PresentedToken =
+        db::row_as(&PRESENTED_SQL, &[hash.into()])?.ok_or_else(AuthError::invalid_refresh_token)?;
     if t.session_revoked || t.expired {
         return Err(AuthError::invalid_refresh_token());
     }
@@ -215,16 +245,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
             "This refresh token was already used; the session has been revoked.",
         ));
     }
-    // Losing a race here means a concurrent call rotated it just now, which is within grace.
-    db::run(
-        "UPDATE auth.refresh_tokens SET rotated_at = now() WHERE id = $1::uuid AND rotated_at IS NULL",
-        &[db::text(&t.id)],
-    )?;
-    db::run(
-        "UPDATE auth.sessions SET refreshed_at = now() WHERE id = $1::uuid",
-        &[db::text(&t.session_id)],
-    )?;
-    issue(&cfg, &t.session_id, Some(&t.id))
+    issue_with(&ROTATE_SQL, &cfg, &t.session_id, Some(&t.id))
 }
 
 fn sign_out(scope: Option<&str>) -> Result<Value> {

@@ -1,11 +1,12 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action, Target};
-use crate::outbox::{self, admit, channel, lock_phone, record_send, NewCode, Recipient, VERIFY_IP};
+use crate::outbox::{self, admit, channel, lock_phone, Recipient, VERIFY_IP};
+use crate::session::USER_BLOCKED;
 use crate::{audit, config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
-use pg_otp_auth_core::profile::{self, Policy, Profile};
+use pg_otp_auth_core::profile::{self, Profile};
 use pg_otp_auth_core::{otp, phone, ratelimit};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -15,16 +16,6 @@ use std::sync::LazyLock;
 
 const PURPOSE: &str = "signin";
 const MAX_CAPTCHA_TOKEN: usize = 4096;
-
-fn policy(cfg: &Config) -> Policy<'_> {
-    Policy {
-        allowed_roles: &cfg.allowed_roles,
-        default_role: &cfg.default_role,
-        allowed_locales: &cfg.allowed_locales,
-        default_locale: &cfg.default_locale,
-        allowed_redirect_prefixes: &cfg.allowed_redirect_prefixes,
-    }
-}
 
 fn captcha(token: Option<&str>) -> Result<Option<&str>> {
     match token {
@@ -67,25 +58,8 @@ fn deliver(
     channel: &str,
     captcha_token: Option<&str>,
 ) -> Result<Value> {
-    let code = match user {
-        Some(user) => {
-            let code = outbox::new_code(cfg, phone)?;
-            let pepper = config::secret("otp_pepper")?;
-            Some(NewCode {
-                user_id: &user.id,
-                purpose: PURPOSE,
-                hash: otp::hash_code(&pepper, PURPOSE, phone, &code.value),
-                ttl_seconds: cfg.otp_ttl,
-                body: outbox::body(cfg, &code, Some(&user.locale), cfg.otp_ttl)?,
-                captcha_token,
-            })
-        }
-        None => None,
-    };
-    let i = record_send(cfg, phone, ip, channel, user.is_some(), code)?;
-    Ok(
-        json!({"message_id": i.id, "phone": phone::mask(phone), "channel": channel, "expires_at": i.expires_at}),
-    )
+    let to = user.map(|u| (u.id.as_str(), u.locale.as_str()));
+    outbox::send_code(cfg, phone, ip, channel, PURPOSE, to, captcha_token)
 }
 
 fn send_sms_otp(
@@ -109,7 +83,7 @@ fn send_sms_otp(
     let user = if creating {
         let profile = Profile {
             metadata: data,
-            ..Profile::default_for(&policy(&cfg))
+            ..Profile::default_for(&cfg.policy())
         };
         Some(insert_user(&phone, &profile, ip.as_deref())?)
     } else {
@@ -150,7 +124,7 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     let phone = phone::normalize(required(phone, "phone")?)?;
     let JsonB(options) = required(options, "options")?;
     let cfg = config::load()?;
-    let profile = profile::from_options(&options, &policy(&cfg))?;
+    let profile = profile::from_options(&options, &cfg.policy())?;
     if cfg.disable_signup {
         return Err(AuthError::new(
             403,
@@ -185,7 +159,8 @@ struct Guess {
     ip_failures: Vec<(f64, i64)>,
 }
 
-/// The phone's live code and the failures counted against the client address.
+/// The phone's latest live code of a purpose (of user $5, if given) and the failures counted
+/// against the client address.
 static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT jsonb_build_object(
@@ -194,6 +169,7 @@ static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
                                                 'live', expires_at > clock_timestamp())
                       FROM auth.otp_codes
                       WHERE subject = $1 AND purpose = $2
+                        AND ($5::uuid IS NULL OR user_id = $5::uuid)
                         AND consumed_at IS NULL AND invalidated_at IS NULL
                       ORDER BY created_at DESC LIMIT 1),
              'ip_failures', CASE WHEN $3::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
@@ -201,10 +177,64 @@ static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Judges `code` against the phone's latest live code of `purpose` (of `user_id`, if given),
+/// after the per-IP limit on wrong codes. The caller holds the phone's lock, so guesses at one
+/// phone are judged one at a time. Every failed attempt is durably recorded before the answer,
+/// with or without a usable code: the two cases then cost the same (no registration oracle in
+/// the timing) and fail closed alike. Answers the id of the matched code, still unconsumed.
+pub(crate) fn judge_code(
+    cfg: &Config,
+    phone: &str,
+    purpose: &str,
+    user_id: Option<&str>,
+    code: &str,
+    ip: Option<&str>,
+) -> Result<String> {
+    let guess: Guess = db::row_as(
+        &GUESS_SQL,
+        &[
+            db::text(phone),
+            db::text(purpose),
+            db::opt_text(ip),
+            cfg.verify_rate_per_ip_window.into(),
+            db::opt_text(user_id),
+        ],
+    )?
+    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
+    if ip.is_some() {
+        check_verify_rate(cfg, &guess.ip_failures)?;
+    }
+    let pepper = config::secret("otp_pepper")?;
+    let stored = guess
+        .code
+        .as_ref()
+        .map(|c| db::from_hex(&c.hash))
+        .unwrap_or_default();
+    let matches = otp::verify_code(&pepper, purpose, phone, code, &stored);
+    let live = guess
+        .code
+        .filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
+    match live {
+        Some(live) if matches => Ok(live.id),
+        live => {
+            autonomous::record(&Action::Attempt {
+                audit_id: otp::random_uuid()?,
+                target: Target::Code {
+                    code_id: live.map(|c| c.id),
+                    phone: phone.to_string(),
+                },
+                failed: true,
+                ip: ip.map(str::to_string),
+            })?;
+            Err(AuthError::invalid_otp())
+        }
+    }
+}
+
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
-pub(crate) fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
+fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
     match ratelimit::bucketed_retry_after(
         failures,
         cfg.verify_rate_per_ip,
@@ -223,7 +253,9 @@ pub(crate) fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result
 /// code (single use: of concurrent calls with the right code exactly one updates the row),
 /// confirms the phone of a user who is not disabled, and audits the sign-in unless a second
 /// factor must follow. Answers who it was and whether a TOTP factor is verified.
-const SIGN_IN_SQL: &str = "WITH code AS (
+static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH code AS (
          UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
            AND expires_at > clock_timestamp() AND attempts < $2
@@ -236,17 +268,18 @@ const SIGN_IN_SQL: &str = "WITH code AS (
      signed_in AS (
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
-         FROM code c WHERE u.id = c.user_id AND NOT u.disabled
-           AND (u.banned_until IS NULL OR u.banned_until <= now())
+         FROM code c WHERE u.id = c.user_id AND NOT {USER_BLOCKED}
          RETURNING u.id, EXISTS (SELECT 1 FROM auth.mfa_factors f
                                  WHERE f.user_id = u.id AND f.factor_type = 'totp'
                                    AND f.status = 'verified') AS totp),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'sign_in', s.id, $3, $4::inet, '{}' FROM signed_in s WHERE NOT ($5 AND s.totp))
+         SELECT 'sign_in', s.id, $3, $4::inet, '{{}}' FROM signed_in s WHERE NOT ($5 AND s.totp))
      SELECT jsonb_build_object('user_id', (SELECT user_id FROM code),
                                'signed_in', EXISTS (SELECT 1 FROM signed_in),
-                               'totp', coalesce((SELECT totp FROM signed_in), false))";
+                               'totp', coalesce((SELECT totp FROM signed_in), false))"
+    )
+});
 
 #[derive(Deserialize)]
 struct SignedIn {
@@ -264,46 +297,11 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ip = request::client_ip(&cfg)?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
-    let guess: Guess = db::row_as(
-        &GUESS_SQL,
-        &[
-            db::text(&phone),
-            db::text(PURPOSE),
-            db::opt_text(ip.as_deref()),
-            cfg.verify_rate_per_ip_window.into(),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
-    if ip.is_some() {
-        check_verify_rate(&cfg, &guess.ip_failures)?;
-    }
-    let live = guess.code;
-    let pepper = config::secret("otp_pepper")?;
-    let stored = live
-        .as_ref()
-        .map(|c| db::from_hex(&c.hash))
-        .unwrap_or_default();
-    let matches = otp::verify_code(&pepper, PURPOSE, &phone, code, &stored);
-    let live = live.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
-    let Some(live) = live.as_ref().filter(|_| matches) else {
-        // Every failed attempt is durably recorded before the answer, with or without a usable
-        // code: the two cases then cost the same (no registration oracle in the timing) and
-        // fail closed alike.
-        autonomous::record(&Action::Attempt {
-            audit_id: otp::random_uuid()?,
-            target: Target::Code {
-                code_id: live.map(|c| c.id),
-                phone: phone.clone(),
-            },
-            failed: true,
-            ip: ip.clone(),
-        })?;
-        return Err(AuthError::invalid_otp());
-    };
+    let code_id = judge_code(&cfg, &phone, PURPOSE, None, code, ip.as_deref())?;
     let signed: SignedIn = db::row_as(
-        SIGN_IN_SQL,
+        &SIGN_IN_SQL,
         &[
-            db::text(&live.id),
+            db::text(&code_id),
             cfg.otp_max_attempts.into(),
             db::text(&phone),
             db::opt_text(ip.as_deref()),

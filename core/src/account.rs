@@ -4,7 +4,9 @@
 use crate::config::parse_duration;
 use crate::error::{AuthError, Result};
 use crate::phone;
-use crate::profile::{check_display_name, check_metadata, Policy, MAX_METADATA_BYTES};
+use crate::profile::{
+    check_display_name, check_metadata, locale_allowed, role_allowed, Policy, MAX_METADATA_BYTES,
+};
 use serde_json::{Map, Value};
 
 pub const MAX_AVATAR_URL_CHARS: usize = 2048;
@@ -64,7 +66,7 @@ pub fn locale(field: &str, v: &Value, policy: &Policy) -> Result<String> {
     let l = v
         .as_str()
         .ok_or_else(|| invalid(field, "must be a string."))?;
-    if policy.allowed_locales.iter().any(|a| a == l) {
+    if locale_allowed(l, policy) {
         Ok(l.to_string())
     } else {
         Err(AuthError::new(
@@ -144,7 +146,7 @@ fn role_name_ok(r: &str) -> bool {
 /// token's `role` claim, which PostgREST switches to, so an administrator must not be able to
 /// mint users who act as, say, the service role.
 fn allowed_role(field: &str, r: &str, policy: &Policy) -> Result<String> {
-    if policy.allowed_roles.iter().any(|a| a == r) {
+    if role_allowed(r, policy) {
         Ok(r.to_string())
     } else {
         Err(AuthError::new(

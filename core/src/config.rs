@@ -135,6 +135,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// What sign-up options and profile changes are checked against.
+    pub fn policy(&self) -> crate::profile::Policy<'_> {
+        crate::profile::Policy {
+            allowed_roles: &self.allowed_roles,
+            default_role: &self.default_role,
+            allowed_locales: &self.allowed_locales,
+            default_locale: &self.default_locale,
+            allowed_redirect_prefixes: &self.allowed_redirect_prefixes,
+        }
+    }
+
     /// Defaults overlaid with the stored overrides. Unknown stored keys are ignored so that a
     /// downgrade does not brick sign-in.
     pub fn from_overrides(overrides: &Map<String, Value>) -> Result<Config> {

@@ -64,7 +64,7 @@ pub fn from_options(options: &Value, policy: &Policy) -> Result<Profile> {
                 "allowedRoles must not be empty.",
             ));
         }
-        if let Some(r) = p.roles.iter().find(|r| !policy.allowed_roles.contains(r)) {
+        if let Some(r) = p.roles.iter().find(|r| !role_allowed(r, policy)) {
             return Err(AuthError::new(
                 400,
                 "role-not-allowed",
@@ -94,9 +94,7 @@ pub fn from_options(options: &Value, policy: &Policy) -> Result<Profile> {
     }
     if let Some(v) = obj.get("locale") {
         let locale = v.as_str().unwrap_or_default();
-        if !(2..=3).contains(&locale.chars().count())
-            || !policy.allowed_locales.iter().any(|l| l == locale)
-        {
+        if !locale_allowed(locale, policy) {
             return Err(AuthError::new(
                 400,
                 "locale-not-allowed",
@@ -120,6 +118,16 @@ pub fn from_options(options: &Value, policy: &Policy) -> Result<Profile> {
         p.redirect_to = Some(uri.to_string());
     }
     Ok(p)
+}
+
+/// A locale users may choose: 2 or 3 characters, one of `allowed_locales`.
+pub fn locale_allowed(locale: &str, policy: &Policy) -> bool {
+    (2..=3).contains(&locale.chars().count()) && policy.allowed_locales.iter().any(|l| l == locale)
+}
+
+/// A role users may be given: one of `allowed_roles`.
+pub fn role_allowed(role: &str, policy: &Policy) -> bool {
+    policy.allowed_roles.iter().any(|r| r == role)
 }
 
 fn string_list(v: &Value, what: &str) -> Result<Vec<String>> {
