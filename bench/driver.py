@@ -317,6 +317,8 @@ class Bench:
     @guarded
     def tps_workload(self, wid, title, how, script, clients, variants=VARIANTS, defines=None,
                      setup=None, post=None, reset=True, expect_notices=()):
+        if not self.wanted(wid):
+            return
         log(f"{wid}: {title} ({clients} clients, {self.duration} s each)")
         w = {"id": wid, "title": title, "kind": "tps", "clients": clients, "duration": self.duration,
              "load_start": machine_load(),
@@ -340,6 +342,11 @@ class Bench:
         return w
 
     # ---- the workloads --------------------------------------------------------------------------
+
+    def wanted(self, wid):
+        """--only: the workload ids (or their prefixes: `signin` selects signin_c2 and signin_c16)."""
+        only = self.args.only
+        return not only or any(wid == o or wid.startswith(o + "_") for o in only.split(","))
 
     def run_all(self):
         d = {"pool": self.pool}
@@ -380,10 +387,12 @@ class Bench:
             "mfa_{v}.sql", c1, defines={"i": 0, "nclients": c1, "mpool": self.mpool},
             setup=self.setup_mfa, post=self.post_mfa)
         # send cost vs budget and history
-        self.send_history_study(c1)
+        if self.wanted("send_budget"):
+            self.send_history_study(c1)
         # f) verify latency with history
-        for n in self.history_sizes:
-            self.latency_workload(n)
+        if self.wanted("latency"):
+            for n in self.history_sizes:
+                self.latency_workload(n)
 
     def setup_refresh(self, clients):
         for v in VARIANTS:
@@ -790,7 +799,8 @@ class Bench:
         t0 = time.time()
         self.install()
         self.run_all()
-        self.run_dispatcher()
+        if self.wanted("dispatcher"):
+            self.run_dispatcher()
         self.db.reconnect()
         self.results["meta"] = self.meta()
         self.results["meta"]["elapsed_s"] = round(time.time() - t0, 1)
@@ -823,6 +833,7 @@ def main():
     ap.add_argument("--preload", default="0")
     ap.add_argument("--build-mode", default="")
     ap.add_argument("--command", default="bash bench/run.sh")
+    ap.add_argument("--only", default="", help="comma-separated workload ids (for profiling; partial report)")
     args = ap.parse_args()
 
     def on_term(signum, frame):

@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh [--no-build] [--smoke] [--duration SECONDS] [--clients N] [--clients-high N]
 #                     [--preload] [--max-worker-processes N] [--history-sizes 10000,1000000]
-#                     [--send-history N] [--dispatcher-messages N] [--report PATH]
+#                     [--send-history N] [--dispatcher-messages N] [--only IDS] [--report PATH]
 #
 # Builds and installs the release extension and dispatcher (unless --no-build), starts a
 # throwaway PostgreSQL 15 cluster tuned for benchmarking (fsync and synchronous_commit ON), runs
@@ -14,6 +14,8 @@
 #
 # --smoke: seconds per workload, small N everywhere, no 1M-row history; exits non-zero if a
 # workload produced no successful transaction or an unexpected error.
+# --only send,signin,...: only these workloads (ids as in the report, a prefix selects a family;
+# also send_budget, latency, dispatcher); the partial report goes to a temp file (or --report).
 # --preload: adds shared_preload_libraries = 'pg_otp_auth' (recorded in the report).
 # Environment: DISPATCHER_BIN (dispatcher binary), BENCH_REPORT (report path), BENCH_PRELOAD=1.
 set -euo pipefail
@@ -23,6 +25,7 @@ COMMAND="bash bench/run.sh${*:+ $*}"
 
 BUILD=1
 SMOKE=0
+ONLY=""
 PRELOAD="${BENCH_PRELOAD:-0}"
 MAX_WORKERS=32
 DRIVER_ARGS=()
@@ -33,9 +36,10 @@ while [ $# -gt 0 ]; do
         --preload) PRELOAD=1 ;;
         --max-worker-processes) MAX_WORKERS="$2"; shift ;;
         --report) BENCH_REPORT="$2"; shift ;;
+        --only) ONLY="$2"; DRIVER_ARGS+=("$1" "$2"); shift ;;
         --duration|--clients|--clients-high|--history-sizes|--send-history|--dispatcher-messages)
             DRIVER_ARGS+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -136,7 +140,7 @@ fi
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$CLUSTER_DIR/server.log" -w start >/dev/null
 "$PG_BIN/psql" -X -q -d postgres -c "CREATE DATABASE bench"
 
-if [ "$SMOKE" = 1 ]; then
+if [ "$SMOKE" = 1 ] || [ -n "$ONLY" ]; then
     REPORT="${BENCH_REPORT:-$(mktemp /tmp/pg_otp_auth-bench-report-XXXXXX.md)}"
 else
     REPORT="${BENCH_REPORT:-$ROOT/docs/BENCHMARKS.md}"

@@ -173,7 +173,7 @@ RETURNS TABLE (id uuid, phone text, channel text, body text, captcha_token text,
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    max_attempts integer := (SELECT s.value FROM auth.settings() s WHERE s.name = 'sms_max_attempts')::integer;
+    max_attempts integer := auth._unwrap(auth._setting('sms_max_attempts'))::integer;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'batch_size must be between 1 and 10000.',
@@ -186,16 +186,22 @@ BEGIN
     -- A code that expired before delivery is never sent; its body (the plain code) goes. A
     -- message whose last allowed attempt never reported back (its dispatcher died, perhaps on
     -- this very message) is dead rather than retried forever. SKIP LOCKED: dispatchers never
-    -- wait on each other's sweeps.
+    -- wait on each other's sweeps. Both sweeps read an index range of what is stale, so a claim
+    -- costs the same however long the queue is.
     WITH stale AS (
         SELECT o.id FROM auth.sms_outbox o
-        WHERE o.status IN ('queued', 'sending') AND (o.lease_until IS NULL OR o.lease_until < now())
-          AND (o.expires_at <= now() OR (o.status = 'sending' AND o.attempts >= max_attempts))
+        WHERE o.status IN ('queued', 'sending') AND o.expires_at <= now()
+          AND (o.lease_until IS NULL OR o.lease_until < now())
         FOR UPDATE SKIP LOCKED)
     UPDATE auth.sms_outbox o
-    SET status = CASE WHEN o.expires_at <= now() THEN 'expired' ELSE 'dead' END,
-        last_error = CASE WHEN o.expires_at <= now() THEN o.last_error
-                          ELSE 'no result reported for the last attempt before its lease ran out' END,
+    SET status = 'expired', body = NULL, captcha_token = NULL, lease_until = NULL, updated_at = now()
+    FROM stale WHERE o.id = stale.id;
+    WITH stale AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status = 'sending' AND o.lease_until < now() AND o.attempts >= max_attempts
+        FOR UPDATE SKIP LOCKED)
+    UPDATE auth.sms_outbox o
+    SET status = 'dead', last_error = 'no result reported for the last attempt before its lease ran out',
         body = NULL, captcha_token = NULL, lease_until = NULL, updated_at = now()
     FROM stale WHERE o.id = stale.id;
     RETURN QUERY
@@ -216,6 +222,38 @@ BEGIN
 END
 $$;
 
+-- Records deliveries: for each (id, provider_message_id) pair the sent status and the provider's
+-- id, the body cleared, all in one statement (the dispatcher's batches: one commit for many).
+-- Returns the ids that match no message (purged or deleted meanwhile); the others are recorded.
+CREATE FUNCTION auth.sms_mark_sent_many(ids uuid[], provider_message_ids text[]) RETURNS SETOF uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF ids IS NULL OR provider_message_ids IS NULL
+       OR cardinality(ids) <> cardinality(provider_message_ids)
+       OR array_position(ids, NULL) IS NOT NULL OR array_position(provider_message_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400',
+            MESSAGE = 'ids and provider_message_ids must be arrays of equal length without nulls.',
+            DETAIL = 'invalid-request';
+    END IF;
+    IF cardinality(ids) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'At most 10000 deliveries per call.',
+            DETAIL = 'invalid-request';
+    END IF;
+    RETURN QUERY
+    WITH given AS (
+        SELECT g.id, g.provider_message_id FROM unnest(ids, provider_message_ids) AS g(id, provider_message_id)),
+    marked AS (
+        UPDATE auth.sms_outbox o
+        SET status = 'sent', provider_message_id = g.provider_message_id, body = NULL,
+            captcha_token = NULL, sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
+        FROM given g WHERE o.id = g.id AND o.status <> 'sent'
+        RETURNING o.id)
+    SELECT g.id FROM given g
+    WHERE NOT EXISTS (SELECT 1 FROM marked m WHERE m.id = g.id)
+      AND NOT EXISTS (SELECT 1 FROM auth.sms_outbox o WHERE o.id = g.id);
+END
+$$;
+
 -- Records a delivery: the provider's id and the sent status in one commit; the body is cleared.
 CREATE FUNCTION auth.sms_mark_sent(id uuid, provider_message_id text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -224,11 +262,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'id and provider_message_id are required.',
             DETAIL = 'invalid-request';
     END IF;
-    UPDATE auth.sms_outbox o
-    SET status = 'sent', provider_message_id = sms_mark_sent.provider_message_id, body = NULL,
-        captcha_token = NULL, sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
-    WHERE o.id = sms_mark_sent.id AND o.status <> 'sent';
-    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM auth.sms_outbox o WHERE o.id = sms_mark_sent.id) THEN
+    IF EXISTS (SELECT FROM auth.sms_mark_sent_many(ARRAY[sms_mark_sent.id], ARRAY[sms_mark_sent.provider_message_id])) THEN
         RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such message.', DETAIL = 'message-not-found';
     END IF;
 END
@@ -261,7 +295,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                    FROM unnest(ARRAY['queued', 'sending', 'sent', 'dead', 'expired']) AS s(status)
                    LEFT JOIN (SELECT status, count(*) AS n FROM auth.sms_outbox GROUP BY status) c
                           ON c.status = s.status),
-        'max_attempts', (SELECT s.value FROM auth.settings() s WHERE s.name = 'sms_max_attempts'),
+        'max_attempts', auth._unwrap(auth._setting('sms_max_attempts')),
         'oldest_queued_age_seconds',
             (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM auth.sms_outbox
              WHERE status IN ('queued', 'sending')),
@@ -271,12 +305,13 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                 WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 20) f))
 $$;
 
--- Lets a role run the dispatcher: EXECUTE on the five functions above, nothing else.
+-- Lets a role run the dispatcher: EXECUTE on the six functions above, nothing else.
 CREATE FUNCTION auth.grant_dispatcher(role_name name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION auth.sms_claim(integer, interval), '
-                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_failed(uuid, text, boolean, integer), '
+                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_sent_many(uuid[], text[]), '
+                   'auth.sms_mark_failed(uuid, text, boolean, integer), '
                    'auth.sms_mark_captcha_passed(uuid), auth.sms_queue_stats() TO %I', role_name);
 END
 $$;

@@ -384,3 +384,146 @@ GRANT EXECUTE ON FUNCTION
     auth.get_user(), auth.update_user(text, text, text, jsonb), auth.change_phone(text, text),
     auth.verify_phone_change(text, text)
 TO PUBLIC;
+
+-- The dispatcher's claim reads only an index range of stale messages (sms_outbox_leases for
+-- leases that ran out), and one setting from the backend's cached copy (auth._setting), so a
+-- claim costs the same however long the queue is.
+CREATE INDEX sms_outbox_leases ON auth.sms_outbox (lease_until) WHERE status = 'sending';
+
+CREATE FUNCTION auth."_setting"("name" text) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'setting_impl_wrapper';
+REVOKE EXECUTE ON FUNCTION auth._setting(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION auth.sms_claim(batch_size integer DEFAULT 100, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (id uuid, phone text, channel text, body text, captcha_token text, attempts integer,
+               expires_at timestamptz, captcha_verified boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    max_attempts integer := auth._unwrap(auth._setting('sms_max_attempts'))::integer;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'batch_size must be between 1 and 10000.',
+            DETAIL = 'invalid-request';
+    END IF;
+    IF lease IS NULL OR lease < interval '1 second' OR lease > interval '1 hour' THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'lease must be between 1 second and 1 hour.',
+            DETAIL = 'invalid-request';
+    END IF;
+    -- A code that expired before delivery is never sent; its body (the plain code) goes. A
+    -- message whose last allowed attempt never reported back (its dispatcher died, perhaps on
+    -- this very message) is dead rather than retried forever. SKIP LOCKED: dispatchers never
+    -- wait on each other's sweeps. Both sweeps read an index range of what is stale, so a claim
+    -- costs the same however long the queue is.
+    WITH stale AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status IN ('queued', 'sending') AND o.expires_at <= now()
+          AND (o.lease_until IS NULL OR o.lease_until < now())
+        FOR UPDATE SKIP LOCKED)
+    UPDATE auth.sms_outbox o
+    SET status = 'expired', body = NULL, captcha_token = NULL, lease_until = NULL, updated_at = now()
+    FROM stale WHERE o.id = stale.id;
+    WITH stale AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status = 'sending' AND o.lease_until < now() AND o.attempts >= max_attempts
+        FOR UPDATE SKIP LOCKED)
+    UPDATE auth.sms_outbox o
+    SET status = 'dead', last_error = 'no result reported for the last attempt before its lease ran out',
+        body = NULL, captcha_token = NULL, lease_until = NULL, updated_at = now()
+    FROM stale WHERE o.id = stale.id;
+    RETURN QUERY
+    WITH due AS (
+        SELECT o.id FROM auth.sms_outbox o
+        WHERE o.status IN ('queued', 'sending') AND o.next_attempt_at <= now()
+          AND o.expires_at > now() AND (o.lease_until IS NULL OR o.lease_until < now())
+          AND o.body IS NOT NULL
+        ORDER BY o.next_attempt_at
+        LIMIT sms_claim.batch_size
+        FOR UPDATE SKIP LOCKED)
+    UPDATE auth.sms_outbox o
+    SET status = 'sending', lease_until = now() + sms_claim.lease, attempts = o.attempts + 1,
+        updated_at = now()
+    FROM due WHERE o.id = due.id
+    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at,
+              o.captcha_verified;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.sms_queue_stats() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'counts', (SELECT jsonb_object_agg(s.status, coalesce(c.n, 0))
+                   FROM unnest(ARRAY['queued', 'sending', 'sent', 'dead', 'expired']) AS s(status)
+                   LEFT JOIN (SELECT status, count(*) AS n FROM auth.sms_outbox GROUP BY status) c
+                          ON c.status = s.status),
+        'max_attempts', auth._unwrap(auth._setting('sms_max_attempts')),
+        'oldest_queued_age_seconds',
+            (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM auth.sms_outbox
+             WHERE status IN ('queued', 'sending')),
+        'recent_failures',
+            (SELECT coalesce(jsonb_agg(f ORDER BY f.updated_at DESC), '[]') FROM (
+                SELECT id, status, attempts, last_error, updated_at FROM auth.sms_outbox
+                WHERE last_error IS NOT NULL ORDER BY updated_at DESC LIMIT 20) f))
+$$;
+
+-- The dispatcher records its deliveries in batches: one statement, one commit for many.
+-- Records deliveries: for each (id, provider_message_id) pair the sent status and the provider's
+-- id, the body cleared, all in one statement (the dispatcher's batches: one commit for many).
+-- Returns the ids that match no message (purged or deleted meanwhile); the others are recorded.
+CREATE FUNCTION auth.sms_mark_sent_many(ids uuid[], provider_message_ids text[]) RETURNS SETOF uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF ids IS NULL OR provider_message_ids IS NULL
+       OR cardinality(ids) <> cardinality(provider_message_ids)
+       OR array_position(ids, NULL) IS NOT NULL OR array_position(provider_message_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400',
+            MESSAGE = 'ids and provider_message_ids must be arrays of equal length without nulls.',
+            DETAIL = 'invalid-request';
+    END IF;
+    IF cardinality(ids) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'At most 10000 deliveries per call.',
+            DETAIL = 'invalid-request';
+    END IF;
+    RETURN QUERY
+    WITH given AS (
+        SELECT g.id, g.provider_message_id FROM unnest(ids, provider_message_ids) AS g(id, provider_message_id)),
+    marked AS (
+        UPDATE auth.sms_outbox o
+        SET status = 'sent', provider_message_id = g.provider_message_id, body = NULL,
+            captcha_token = NULL, sent_at = now(), lease_until = NULL, last_error = NULL, updated_at = now()
+        FROM given g WHERE o.id = g.id AND o.status <> 'sent'
+        RETURNING o.id)
+    SELECT g.id FROM given g
+    WHERE NOT EXISTS (SELECT 1 FROM marked m WHERE m.id = g.id)
+      AND NOT EXISTS (SELECT 1 FROM auth.sms_outbox o WHERE o.id = g.id);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION auth.sms_mark_sent_many(uuid[], text[]) FROM PUBLIC;
+
+-- Records a delivery: the provider's id and the sent status in one commit; the body is cleared.
+CREATE OR REPLACE FUNCTION auth.sms_mark_sent(id uuid, provider_message_id text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF sms_mark_sent.id IS NULL OR sms_mark_sent.provider_message_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT400', MESSAGE = 'id and provider_message_id are required.',
+            DETAIL = 'invalid-request';
+    END IF;
+    IF EXISTS (SELECT FROM auth.sms_mark_sent_many(ARRAY[sms_mark_sent.id], ARRAY[sms_mark_sent.provider_message_id])) THEN
+        RAISE EXCEPTION USING ERRCODE = 'PT404', MESSAGE = 'No such message.', DETAIL = 'message-not-found';
+    END IF;
+END
+$$;
+
+-- Dispatcher roles granted before 0.2.0: run SELECT auth.grant_dispatcher(role) again to allow
+-- batched recording (until then the dispatcher records one outcome at a time).
+-- Lets a role run the dispatcher: EXECUTE on the six functions above, nothing else.
+CREATE OR REPLACE FUNCTION auth.grant_dispatcher(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION auth.sms_claim(integer, interval), '
+                   'auth.sms_mark_sent(uuid, text), auth.sms_mark_sent_many(uuid[], text[]), '
+                   'auth.sms_mark_failed(uuid, text, boolean, integer), '
+                   'auth.sms_mark_captcha_passed(uuid), auth.sms_queue_stats() TO %I', role_name);
+END
+$$;

@@ -129,6 +129,7 @@ CREATE TABLE auth.sms_outbox (
 );
 CREATE INDEX sms_outbox_due ON auth.sms_outbox (next_attempt_at) WHERE status IN ('queued', 'sending');
 CREATE INDEX sms_outbox_pending_expiry ON auth.sms_outbox (expires_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX sms_outbox_leases ON auth.sms_outbox (lease_until) WHERE status = 'sending';
 CREATE INDEX sms_outbox_failures ON auth.sms_outbox (updated_at) WHERE last_error IS NOT NULL;
 CREATE INDEX sms_outbox_finished ON auth.sms_outbox (updated_at) WHERE status IN ('sent', 'dead', 'expired');
 CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status = 'queued';

@@ -26,6 +26,8 @@ fn overrides() -> Result<Map<String, Value>> {
 /// next transaction on, as a fresh read would see it.
 struct Loaded {
     config: Rc<Config>,
+    /// The stored values (auth.config), defaults left out.
+    overrides: Map<String, Value>,
     secrets: HashMap<String, Vec<u8>>,
     /// The oids of auth.config and auth.secrets, whose invalidations drop this.
     relids: [pg_sys::Oid; 2],
@@ -90,6 +92,7 @@ fn loaded() -> Result<Rc<Loaded>> {
     .ok_or_else(|| AuthError::internal("The settings are unreadable."))?;
     let l = Rc::new(Loaded {
         config: Rc::new(Config::from_overrides(&stored.config)?),
+        overrides: stored.config,
         secrets: stored
             .secrets
             .into_iter()
@@ -149,6 +152,16 @@ pub fn secret(name: &str) -> Result<Vec<u8>> {
         .ok_or_else(|| AuthError::internal(format!("The {name} secret is missing.")))
 }
 
+/// One setting's value in effect, as `auth.settings()` lists it, from this backend's copy.
+fn value_of(name: &str) -> Result<Value> {
+    let setting = config::setting(name)?;
+    Ok(loaded()?
+        .overrides
+        .get(setting.name)
+        .cloned()
+        .unwrap_or_else(setting.default))
+}
+
 fn listing() -> Result<Value> {
     let stored = overrides()?;
     let rows: Vec<Value> = SETTINGS
@@ -197,6 +210,11 @@ fn reset(name: &str) -> Result<Value> {
 #[pg_extern(name = "_settings")]
 fn settings_impl() -> JsonB {
     crate::respond(listing())
+}
+
+#[pg_extern(name = "_setting")]
+fn setting_impl(name: Option<&str>) -> JsonB {
+    crate::respond(required(name, "name").and_then(value_of))
 }
 
 #[pg_extern(name = "_set_setting")]

@@ -4,10 +4,11 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::provider::Failure;
 use crate::store::{self, Claimed, Store};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 struct Shared {
@@ -61,69 +62,102 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(store::listen(shared.cfg.database.clone(), wake.clone()));
     let stats = tokio::spawn(refresh_stats(shared.clone()));
-    let slots = Arc::new(Semaphore::new(shared.cfg.concurrency));
+    let cfg = &shared.cfg;
+    // Send slots: a slot is held while a message is with the provider (and its captcha check).
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    let freed = Arc::new(Notify::new());
+    // Each task lives until its outcome is recorded; at most this many may wait for that.
+    let max_unrecorded = (cfg.concurrency * 4).max(500);
     let mut in_flight = JoinSet::new();
+    let mut ready: VecDeque<Claimed> = VecDeque::new();
     let mut db_backoff = Duration::from_millis(100);
+    // Set when a claim found fewer due messages than it asked for: the next claim waits for a
+    // notification or the poll interval.
+    let mut drained_until: Option<Instant> = None;
 
-    // A claim is a commit: claiming one message per freed slot would make every send wait for
-    // a WAL flush of its own. So the loop claims once half the slots (at most `batch_size`) are
-    // free, or when nothing is being sent. Claimed messages never wait for a slot, so each is
-    // sent well inside its lease.
-    let worthwhile = (shared.cfg.concurrency / 2).clamp(1, shared.cfg.batch_size);
+    // A claim is a commit, and so is recording outcomes: the loop keeps up to `concurrency`
+    // claimed messages ready beside those being sent, claims once at least half of that room
+    // (at most `batch_size`) is free, and gives a slot back as soon as its send returns, while
+    // the outcome is recorded with others in one commit. A claimed message waits at most for a
+    // slot, and is sent only while enough of its lease remains (see `lease_allows_send`).
+    let room = cfg.concurrency * 2;
+    let worthwhile = (cfg.concurrency / 2).clamp(1, cfg.batch_size);
     while !*stop.borrow() {
-        while in_flight.try_join_next().is_some() {}
-        let free = slots.available_permits().min(shared.cfg.batch_size);
-        if free == 0 || (free < worthwhile && !in_flight.is_empty()) {
-            tokio::select! {
-                _ = in_flight.join_next() => {}
-                _ = stop.changed() => {}
+        start_ready(
+            &shared,
+            &slots,
+            &freed,
+            &mut ready,
+            &mut in_flight,
+            max_unrecorded,
+        );
+        if drained_until.is_some_and(|t| Instant::now() >= t) {
+            drained_until = None;
+        }
+        let sending = cfg.concurrency - slots.available_permits();
+        let want = room
+            .saturating_sub(sending + ready.len())
+            .min(cfg.batch_size);
+        let idle = ready.is_empty() && sending == 0;
+        if drained_until.is_none() && want > 0 && (want >= worthwhile || idle) {
+            match shared.store.claim(want, cfg.lease).await {
+                Ok(batch) => {
+                    shared.metrics.db_ok();
+                    db_backoff = Duration::from_millis(100);
+                    if batch.len() < want {
+                        drained_until = Some(Instant::now() + cfg.poll);
+                    }
+                    if !batch.is_empty() {
+                        tracing::debug!(count = batch.len(), "claimed");
+                    }
+                    ready.extend(batch);
+                }
+                Err(e) => {
+                    Metrics::inc(&shared.metrics.db_errors);
+                    tracing::warn!(error = %e, "claiming failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(db_backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                }
             }
             continue;
         }
-        match shared.store.claim(free, shared.cfg.lease).await {
-            Ok(batch) if !batch.is_empty() => {
-                shared.metrics.db_ok();
-                db_backoff = Duration::from_millis(100);
-                tracing::debug!(count = batch.len(), "claimed");
-                for claimed in batch {
-                    let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-                    let s = shared.clone();
-                    in_flight.spawn(async move {
-                        deliver(&s, claimed).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Ok(_) => {
-                shared.metrics.db_ok();
-                db_backoff = Duration::from_millis(100);
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(shared.cfg.poll) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-            Err(e) => {
-                Metrics::inc(&shared.metrics.db_errors);
-                tracing::warn!(error = %e, "claiming failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(db_backoff) => {}
-                    _ = stop.changed() => {}
-                }
-                db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
-            }
+        // Nothing to do until a slot frees, a task finishes, a message is announced, the poll
+        // interval ends or we are told to stop.
+        let poll_at = drained_until.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = freed.notified() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = wake.notified() => drained_until = None,
+            _ = tokio::time::sleep_until(poll_at.unwrap_or_else(tokio::time::Instant::now)), if poll_at.is_some() => {}
+            _ = stop.changed() => {}
         }
     }
 
     tracing::info!(
         in_flight = in_flight.len(),
-        "stopping: no new claims; finishing in-flight sends"
+        claimed = ready.len(),
+        "stopping: no new claims; sending what is claimed and finishing in-flight sends"
     );
     let deadline = tokio::time::sleep(shared.cfg.shutdown_timeout);
     tokio::pin!(deadline);
     loop {
+        start_ready(
+            &shared,
+            &slots,
+            &freed,
+            &mut ready,
+            &mut in_flight,
+            max_unrecorded,
+        );
+        if in_flight.is_empty() && ready.is_empty() {
+            break;
+        }
         tokio::select! {
-            next = in_flight.join_next() => if next.is_none() { break },
+            _ = freed.notified() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = &mut deadline => {
                 tracing::warn!(left = in_flight.len(), "shutdown timeout; unrecorded messages will be retried after their lease");
                 in_flight.abort_all();
@@ -137,7 +171,43 @@ pub async fn run(
     Ok(())
 }
 
-async fn deliver(s: &Shared, c: Claimed) {
+/// Hands claimed messages to free send slots (while not too many outcomes wait to be recorded).
+fn start_ready(
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    freed: &Arc<Notify>,
+    ready: &mut VecDeque<Claimed>,
+    in_flight: &mut JoinSet<()>,
+    max_unrecorded: usize,
+) {
+    while in_flight.try_join_next().is_some() {}
+    while !ready.is_empty() && in_flight.len() < max_unrecorded {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            break;
+        };
+        let claimed = ready.pop_front().expect("not empty");
+        if !lease_allows_send(&shared.cfg, &claimed) {
+            lease_short(shared, &claimed);
+            continue;
+        }
+        let (s, freed) = (shared.clone(), freed.clone());
+        in_flight.spawn(async move { deliver(&s, claimed, slot, &freed).await });
+    }
+}
+
+fn lease_short(s: &Shared, c: &Claimed) {
+    Metrics::inc(&s.metrics.lease_short);
+    tracing::warn!(message_id = %c.message.id, "too little of the lease left to send it now; it is sent after the lease, by the next claim");
+}
+
+/// Whether a claimed message may still go to the provider: its send (one HTTP timeout at most)
+/// and the recording of its outcome (as long again) must end inside the lease, or another claim
+/// could send it a second time.
+fn lease_allows_send(cfg: &Config, c: &Claimed) -> bool {
+    Instant::now() + cfg.http_timeout * 2 <= c.leased_until
+}
+
+async fn deliver(s: &Shared, c: Claimed, slot: OwnedSemaphorePermit, freed: &Notify) {
     let m = &c.message;
     // The database's view of the time left, carried on this process's monotonic clock.
     let expires = Instant::now() + Duration::from_secs_f64(c.expires_in.max(0.0));
@@ -146,6 +216,13 @@ async fn deliver(s: &Shared, c: Claimed) {
     } else {
         match captcha_verdict(s, &c).await {
             Err(f) => Outcome::Failed(f),
+            Ok(()) if !lease_allows_send(&s.cfg, &c) => {
+                // The captcha check took long; the message goes out after the lease instead.
+                lease_short(s, &c);
+                drop(slot);
+                freed.notify_one();
+                return;
+            }
             Ok(()) if Instant::now() >= expires => {
                 Metrics::inc(&s.metrics.expired);
                 Outcome::Failed(Failure::permanent(
@@ -180,8 +257,10 @@ async fn deliver(s: &Shared, c: Claimed) {
             tracing::warn!(message_id = %m.id, attempt = m.attempts, retryable = f.retryable, error = %f.message, "delivery failed");
         }
     }
-    // Recorded before the send slot is given back: the outcome is in the database (or will be
-    // retried by whoever claims the message after its lease) before more is claimed.
+    // The slot is free for the next message; this task ends when the outcome is recorded (or
+    // given up on: whoever claims the message after its lease then retries it).
+    drop(slot);
+    freed.notify_one();
     let (recorded, done) = oneshot::channel();
     let report = Report {
         id: m.id.clone(),
@@ -221,7 +300,7 @@ async fn write_outcomes(s: Arc<Shared>, mut reports: mpsc::UnboundedReceiver<Rep
                 },
             })
             .collect();
-        let together = batch.len() > 1 && s.store.record_batch(&rows).await.is_ok();
+        let together = s.store.record_batch(&rows).await.is_ok();
         if together {
             s.metrics.db_ok();
         } else {

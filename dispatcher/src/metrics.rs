@@ -13,6 +13,7 @@ pub struct Metrics {
     pub retried: AtomicU64,
     pub dead: AtomicU64,
     pub expired: AtomicU64,
+    pub lease_short: AtomicU64,
     pub captcha_rejected: AtomicU64,
     pub db_errors: AtomicU64,
     pub queue_depth: AtomicI64,
@@ -29,6 +30,7 @@ impl Default for Metrics {
             retried: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            lease_short: AtomicU64::new(0),
             captcha_rejected: AtomicU64::new(0),
             db_errors: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
@@ -106,6 +108,12 @@ impl Metrics {
             "pg_otp_dispatcher_expired_total",
             "Claimed messages not sent because their code had expired.",
             self.expired.load(r),
+        );
+        counter(
+            &mut out,
+            "pg_otp_dispatcher_lease_short_total",
+            "Claimed messages left unsent because too little of their lease remained; another claim sends them after it.",
+            self.lease_short.load(r),
         );
         counter(
             &mut out,

@@ -1,14 +1,17 @@
-//! The dispatcher's database calls. It uses only the four functions auth.grant_dispatcher()
-//! grants: sms_claim, sms_mark_sent, sms_mark_failed and sms_queue_stats.
+//! The dispatcher's database calls. It uses only the functions auth.grant_dispatcher() grants:
+//! sms_claim, sms_mark_sent_many (sms_mark_sent where that is missing), sms_mark_failed,
+//! sms_mark_captcha_passed and sms_queue_stats.
 
 use crate::errors::with_causes;
 use crate::provider::Outgoing;
 use crate::tls::Database;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::AsyncMessage;
 
 pub const CHANNEL: &str = "pg_otp_auth_outbox";
@@ -77,6 +80,8 @@ pub enum Recorded<'a> {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Whether auth.sms_mark_sent_many can be used (false once it was missing or not granted).
+    batched: Arc<AtomicBool>,
 }
 
 pub struct Claimed {
@@ -85,6 +90,9 @@ pub struct Claimed {
     pub captcha_verified: bool,
     /// Seconds until the code expires, measured by the database clock at claim time.
     pub expires_in: f64,
+    /// When the lease ends at the latest, on this process's clock: the claim was asked for
+    /// before the database stamped its lease, so the real lease ends a little later.
+    pub leased_until: Instant,
 }
 
 impl Store {
@@ -108,7 +116,10 @@ impl Store {
             .wait_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            batched: Arc::new(AtomicBool::new(true)),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, DbError> {
@@ -116,6 +127,7 @@ impl Store {
     }
 
     pub async fn claim(&self, batch: usize, lease: Duration) -> Result<Vec<Claimed>, DbError> {
+        let leased_until = Instant::now() + lease;
         timed(async {
             let c = self.client().await?;
             let rows = c
@@ -140,6 +152,7 @@ impl Store {
                     captcha_token: r.get(4),
                     captcha_verified: r.get(6),
                     expires_in: r.get(7),
+                    leased_until,
                 })
                 .collect())
         })
@@ -181,45 +194,83 @@ impl Store {
         .await
     }
 
-    /// Records several outcomes in one transaction: one commit instead of one per message. If
-    /// the server refuses any of them (a message purged meanwhile, say), none is kept and the
-    /// caller records them one at a time.
+    /// Records several outcomes in one transaction: one commit instead of one per message, and
+    /// one statement for all deliveries. A delivery of a message that no longer exists is
+    /// logged and skipped. If the server refuses anything else, none is kept and the caller
+    /// records them one at a time.
     pub async fn record_batch(&self, outcomes: &[Recorded<'_>]) -> Result<(), DbError> {
+        if !self.batched.load(Ordering::Relaxed) {
+            return Err(DbError {
+                transient: false,
+                message: "batched recording is unavailable".into(),
+            });
+        }
         timed(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(|e| pg_error("BEGIN", e))?;
-            let sent = tx
-                .prepare_cached("SELECT auth.sms_mark_sent($1::text::uuid, $2)")
+            // Deliveries (nearly all outcomes) in one statement; failures one call each,
+            // pipelined on the connection.
+            let (mut ids, mut provider_ids) = (Vec::new(), Vec::new());
+            for o in outcomes {
+                if let Recorded::Sent {
+                    id,
+                    provider_message_id,
+                } = o
+                {
+                    ids.push(*id);
+                    provider_ids.push(*provider_message_id);
+                }
+            }
+            let sent = async {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tx.query(
+                    "SELECT id::text FROM auth.sms_mark_sent_many($1::text[]::uuid[], $2::text[]) AS id",
+                    &[&ids, &provider_ids],
+                )
                 .await
-                .map_err(|e| pg_error("sms_mark_sent", e))?;
+            };
             let failed = tx
                 .prepare_cached("SELECT auth.sms_mark_failed($1::text::uuid, $2, $3, $4)")
                 .await
                 .map_err(|e| pg_error("sms_mark_failed", e))?;
-            // Sent together on the one connection (pipelined), answered in order.
-            let calls = outcomes.iter().map(|o| {
-                let (tx, sent, failed) = (&tx, &sent, &failed);
-                async move {
-                    match o {
-                        Recorded::Sent {
-                            id,
-                            provider_message_id,
-                        } => tx.execute(sent, &[id, provider_message_id]).await,
-                        Recorded::Failed {
-                            id,
-                            error,
-                            retryable,
-                            attempt,
-                        } => {
-                            let error = without_nul(error);
-                            tx.execute(failed, &[id, &error, retryable, attempt]).await
-                        }
-                    }
+            let failures = outcomes.iter().filter_map(|o| match o {
+                Recorded::Failed {
+                    id,
+                    error,
+                    retryable,
+                    attempt,
+                } => {
+                    let (tx, failed) = (&tx, &failed);
+                    Some(async move {
+                        let error = without_nul(error);
+                        tx.execute(failed, &[id, &error, retryable, attempt]).await
+                    })
                 }
+                Recorded::Sent { .. } => None,
             });
-            futures_util::future::try_join_all(calls)
-                .await
-                .map_err(|e| pg_error("recording outcomes", e))?;
+            let (sent, failures) =
+                futures_util::join!(sent, futures_util::future::try_join_all(failures));
+            let unknown = match sent {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if matches!(
+                        e.code(),
+                        Some(&SqlState::UNDEFINED_FUNCTION | &SqlState::INSUFFICIENT_PRIVILEGE)
+                    ) {
+                        // A database from before 0.2.0, or a role granted before it: one call
+                        // per outcome still works.
+                        self.batched.store(false, Ordering::Relaxed);
+                        tracing::warn!(error = %with_causes(&e), "recording outcomes one at a time: auth.sms_mark_sent_many is missing or not granted (upgrade the extension and run auth.grant_dispatcher for this role again)");
+                    }
+                    return Err(pg_error("sms_mark_sent_many", e));
+                }
+            };
+            failures.map_err(|e| pg_error("recording outcomes", e))?;
+            for r in unknown {
+                tracing::error!(message_id = %r.get::<_, &str>(0), "recording the delivery was refused: no such message (deleted meanwhile)");
+            }
             tx.commit().await.map_err(|e| pg_error("COMMIT", e))
         })
         .await

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from conftest import PG_BIN, dsn
+from conftest import PG_BIN, dsn, raises_auth
 
 BIN = os.environ.get("DISPATCHER_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/pg-otp-dispatcher"))
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -395,9 +395,10 @@ def test_notify_wakes_the_dispatcher_without_waiting_for_a_poll(ddb):
     fake.close()
 
 
-def test_no_claimed_message_waits_for_a_slot(ddb):
-    # Claims wait until half the slots are free (a claim is a commit), but never take more than
-    # the free slots: a message that waited for a slot could outlive its lease and be sent twice.
+def test_claimed_messages_wait_at_most_for_one_send(ddb):
+    # The dispatcher keeps at most --concurrency claimed messages ready beside those being sent
+    # (a claim is a commit; claiming ahead keeps the slots busy), never sends more at once than
+    # --concurrency, and delivers every message once.
     lock = threading.Lock()
     release = threading.Event()
     state = {"now": 0, "most": 0}
@@ -416,12 +417,79 @@ def test_no_claimed_message_waits_for_a_slot(ddb):
     d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
                    "--batch-size", "5", "--concurrency", "4")
     leased = lambda: sum(1 for s in statuses(ddb).values() if s[0] == "sending")
-    wait_until(lambda: len(fake.requests) == 4, what="4 sends under way")
-    assert leased() == 4
+    wait_until(lambda: len(fake.requests) == 4 and leased() == 8, what="4 sends under way, 4 more claimed")
+    assert len(fake.requests) == 4 and leased() == 8
     release.set()
     wait_until(all_status(ddb, "sent"), timeout=60)
     assert d.stop()[0] == 0
     assert state["most"] == 4
+    assert sorted(json.loads(r["body"])["message_id"] for r in fake.requests) == sorted(ids)
+    fake.close()
+
+
+def test_a_message_left_too_little_lease_is_sent_after_it(ddb):
+    # With one slot, the second claimed message waits while the first send times out (1 s):
+    # then less than two HTTP timeouts of its 3 s lease remain, too little to send it and
+    # record the outcome safely. It is left for the next claim after its lease, sent once.
+    first = {}
+
+    def respond(r):
+        mid = json.loads(r["body"])["message_id"]
+        first.setdefault("id", mid)
+        return 200, {}, 3 if mid == first["id"] and len(fake.requests) == 1 else 0
+
+    fake = Fake(respond)
+    ids = queue(ddb, 2)
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET,
+                   "--concurrency", "1", "--lease-seconds", "3", "--http-timeout-seconds", "1")
+    wait_until(all_status(ddb, "sent"), timeout=30)
+    assert "pg_otp_dispatcher_lease_short_total 1" in d.metrics()
+    code, out, err = d.stop()
+    assert code == 0 and "too little of the lease" in out + err
+    [other] = [i for i in ids if i != first["id"]]
+    sends = [json.loads(r["body"])["message_id"] for r in fake.requests]
+    # The first timed out and was retried; the other was handed to the provider once, on
+    # its second claim.
+    assert sends.count(first["id"]) == 2 and sends.count(other) == 1
+    st = statuses(ddb)
+    assert st[other][:2] == ("sent", 2) and st[first["id"]][:2] == ("sent", 2)
+    fake.close()
+
+
+def test_deliveries_are_recorded_in_one_statement(ddb):
+    ids = queue(ddb, 3)
+    as_dispatcher(ddb, "SELECT count(*) FROM auth.sms_claim(10)")
+    unknown = "00000000-0000-4000-8000-000000000000"
+    missing = as_dispatcher(ddb, "SELECT * FROM auth.sms_mark_sent_many(%s::uuid[], %s)",
+                            [ids[0], ids[1], unknown], ["p0", "p1", "px"])
+    assert [str(r[0]) for r in missing] == [unknown]
+    st = statuses(ddb)
+    assert st[ids[0]] == ("sent", 1, True, "p0") and st[ids[1]] == ("sent", 1, True, "p1")
+    assert st[ids[2]][0] == "sending"
+    # Again: already sent is not an error and changes nothing.
+    assert as_dispatcher(ddb, "SELECT * FROM auth.sms_mark_sent_many(%s::uuid[], %s)", [ids[0]], ["p9"]) == []
+    assert statuses(ddb)[ids[0]][3] == "p0"
+    for bad in (([ids[2]], []), ([ids[2], None], ["a", "b"]), ([ids[2]], [None]), (None, ["a"])):
+        with raises_auth(400, "invalid-request"):
+            as_dispatcher(ddb, "SELECT * FROM auth.sms_mark_sent_many(%s::uuid[], %s::text[])", *bad)
+    assert statuses(ddb)[ids[2]][0] == "sending"
+    # The one-message form answers PT404 for an unknown id, as before.
+    with raises_auth(404, "message-not-found"):
+        as_dispatcher(ddb, "SELECT auth.sms_mark_sent(%s, 'p')", unknown)
+    as_dispatcher(ddb, "SELECT auth.sms_mark_sent(%s, 'p2')", ids[2])
+    assert statuses(ddb)[ids[2]] == ("sent", 1, True, "p2")
+
+
+def test_a_role_granted_before_batching_still_records_every_outcome(ddb):
+    # A dispatcher role granted by 0.1.0 lacks sms_mark_sent_many: outcomes are recorded one
+    # call at a time instead, and the log says how to allow batches.
+    ddb.q("REVOKE EXECUTE ON FUNCTION auth.sms_mark_sent_many(uuid[], text[]) FROM otp_dispatcher")
+    fake = Fake(lambda r: (200, {}, 0))
+    ids = queue(ddb, 12)
+    d = Dispatcher(ddb, "--provider", "webhook", "--webhook-url", fake.url, "--webhook-secret", WEBHOOK_SECRET)
+    wait_until(all_status(ddb, "sent"), timeout=30)
+    code, out, err = d.stop()
+    assert code == 0 and "auth.grant_dispatcher" in out + err
     assert sorted(json.loads(r["body"])["message_id"] for r in fake.requests) == sorted(ids)
     fake.close()
 
