@@ -267,12 +267,17 @@ class Bench:
             self.db.q("SELECT bench.reset(%s)", v)
 
     def settle(self):
-        """Vacuum/analyze what the setup wrote, then checkpoint: each run starts clean."""
+        """Vacuum/analyze what the setup wrote, then checkpoint: each run starts clean. Tables left
+        empty are not analyzed: statistics saying "0 rows" would give every variant's cached
+        plans sequential scans that slow down as the run fills the table (the product renews
+        its plans, the baselines would not), while a table emptied by TRUNCATE has unknown
+        statistics, as on a new install, and gets index plans."""
         for schema in ("auth", "plsql", "floor", "bench"):
             tables = [r[0] for r in self.db.q(
                 "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = %s", schema)]
-            if tables:
-                self.db.q("VACUUM (ANALYZE) " + ", ".join(tables))
+            filled = [t for t in tables if self.db.one(f"SELECT EXISTS (SELECT 1 FROM {t})")]
+            if filled:
+                self.db.q("VACUUM (ANALYZE) " + ", ".join(filled))
         self.db.q("CHECKPOINT")
 
     def users(self, clients, variants=VARIANTS):
@@ -567,6 +572,54 @@ class Bench:
             log(f"   {v:8s} p50 {r['p50_ms'] or 0:.2f} ms  p99 {r['p99_ms'] or 0:.2f} ms  ({len(lat)} samples)")
         self.results["workloads"].append(w)
 
+    # ---- primitives: TOTP and JWT per call ------------------------------------------------------
+
+    def per_call_us(self, expr, n):
+        """Microseconds per evaluation of `expr` (over g = 1..n) inside one statement: the best
+        of three runs."""
+        best = None
+        for _ in range(3):
+            us = self.db.one(
+                # The count is used, or the planner drops the unused aggregate and its calls.
+                "SELECT extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1e6 / x.n "
+                f"FROM (SELECT count({expr}) AS n FROM generate_series(1, %s) g) x", n)
+            best = us if best is None else min(best, us)
+        return float(best)
+
+    @guarded
+    def run_primitives(self):
+        """TOTP and HS256 per call: the product's functions as SQL calls them beside the PL/pgSQL +
+        pgcrypto ones, timed in the same loop; and the product's Rust code alone, in process."""
+        n = 2000 if self.args.smoke else 20000
+        log(f"primitives: TOTP and JWT signing per call ({n} calls per loop, best of 3)")
+        secret_b32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"   # b"12345678901234567890"
+        secret_hex = "3132333435363738393031323334353637383930"
+        claims = ('{"sub": "6f1c1d1e-3b0a-4c55-9a55-0c3f8e9f2b11", "role": "authenticated", '
+                  '"aud": "authenticated", "iss": "pg_otp_auth", "iat": 1700000000, "exp": 1700003600, '
+                  '"session_id": "0b6d8a7e-6c1f-4f0e-8c2e-5b9a1d2c3e4f", "phone": "+15550104242", '
+                  '"aal": "aal1", "amr": [{"method": "otp", "timestamp": 1700000000}], '
+                  '"is_anonymous": false, "app_metadata": {"provider": "phone", "providers": ["phone"], '
+                  '"roles": ["authenticated"], "default_role": "authenticated"}, "user_metadata": {}}')
+        at = "timestamptz '2026-01-01' + g * interval '30 seconds'"
+        r = {"calls": n, "sql": {
+            "totp_product": self.per_call_us(f"auth.totp('{secret_b32}', {at})", n),
+            "totp_plpgsql": self.per_call_us(f"plsql.totp('\\x{secret_hex}'::bytea, {at})", n),
+            "jwt_plpgsql": self.per_call_us(f"plsql.sign_jwt(jsonb_set('{claims}'::jsonb, '{{iat}}', to_jsonb(g)))", n),
+        }}
+        r["rust"] = None
+        if not self.args.smoke:
+            out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "pg_otp_auth_core", "--example",
+                                  "primitives", "--", "200000"], cwd=ROOT, capture_output=True, text=True)
+            if out.returncode == 0:
+                r["rust"] = json.loads(out.stdout.strip().splitlines()[-1])
+            else:
+                self.results["problems"].append(f"primitives: the Rust timing failed: {out.stderr[-500:]}")
+        log(f"   TOTP code per SQL call: product {r['sql']['totp_product']:.1f} us, "
+            f"plpgsql {r['sql']['totp_plpgsql']:.1f} us; HS256 JWT plpgsql {r['sql']['jwt_plpgsql']:.1f} us"
+            + (f"; Rust in process: TOTP verify {r['rust']['totp_verify_ns'] / 1000:.2f} us, "
+               f"JWT sign {r['rust']['jwt_sign_ns'] / 1000:.2f} us" if r["rust"] else ""))
+        self.results["primitives"] = r
+
     # ---- the dispatcher -------------------------------------------------------------------------
 
     def receiver_get(self, path, method="GET"):
@@ -799,6 +852,8 @@ class Bench:
         t0 = time.time()
         self.install()
         self.run_all()
+        if self.wanted("primitives"):
+            self.run_primitives()
         if self.wanted("dispatcher"):
             self.run_dispatcher()
         self.db.reconnect()

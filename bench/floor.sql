@@ -1,9 +1,12 @@
 -- FLOOR ("bare SQL"): the table writes pg_otp_auth does for each call, with no logic at all:
--- no hashing, no JWT, no rate limits, no locks, no checks beyond finding the row to touch.
+-- no hashing, no JWT, no rate-limit checks, no locks, no checks beyond finding the row to touch.
 -- Anything slower than this is the price of the logic, not of the writes.
 --
 -- Same call shape as the product (one SECURITY DEFINER function per API call, jsonb answer),
--- same table layout (uuid keys, the same indexes on the lookup columns), schema `floor`.
+-- same table layout (uuid keys, the product's indexes, so each row written maintains as many
+-- index entries as the product's does), the same rows written per call: a send also bumps
+-- the per-IP and budget counter rows and retires the phone's previous live code and queued
+-- message, as the product does; a right code also writes its attempt's audit row. Schema `floor`.
 
 CREATE SCHEMA floor;
 
@@ -24,24 +27,46 @@ CREATE TABLE floor.otp_codes (
     attempts    integer NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL,
-    consumed_at timestamptz
+    consumed_at timestamptz,
+    invalidated_at timestamptz
 );
-CREATE INDEX otp_codes_live ON floor.otp_codes (subject, created_at DESC) WHERE consumed_at IS NULL;
+CREATE INDEX otp_codes_live ON floor.otp_codes (subject, created_at DESC)
+    WHERE consumed_at IS NULL AND invalidated_at IS NULL;
+CREATE INDEX otp_codes_expires ON floor.otp_codes (expires_at);
 
 CREATE TABLE floor.sms_outbox (
-    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    phone      text NOT NULL,
-    body       text,
-    status     text NOT NULL DEFAULT 'queued',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    expires_at timestamptz NOT NULL
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    phone           text NOT NULL,
+    body            text,
+    status          text NOT NULL DEFAULT 'queued',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    lease_until     timestamptz,
+    last_error      text,
+    updated_at      timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX sms_outbox_due ON floor.sms_outbox (next_attempt_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX sms_outbox_pending_expiry ON floor.sms_outbox (expires_at) WHERE status IN ('queued', 'sending');
+CREATE INDEX sms_outbox_leases ON floor.sms_outbox (lease_until) WHERE status = 'sending';
+CREATE INDEX sms_outbox_failures ON floor.sms_outbox (updated_at) WHERE last_error IS NOT NULL;
+CREATE INDEX sms_outbox_finished ON floor.sms_outbox (updated_at) WHERE status IN ('sent', 'dead', 'expired');
+CREATE INDEX sms_outbox_phone ON floor.sms_outbox (phone) WHERE status = 'queued';
 
 CREATE TABLE floor.send_events (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     phone      text NOT NULL,
     ip         inet,
     created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX send_events_phone ON floor.send_events (phone, created_at);
+
+CREATE TABLE floor.rate_counters (
+    key          text NOT NULL,
+    bucket_start timestamptz NOT NULL,
+    shard        smallint NOT NULL,
+    hits         integer NOT NULL,
+    PRIMARY KEY (key, bucket_start, shard)
 );
 
 CREATE TABLE floor.sessions (
@@ -52,6 +77,7 @@ CREATE TABLE floor.sessions (
     refreshed_at timestamptz,
     revoked_at   timestamptz
 );
+CREATE INDEX sessions_user ON floor.sessions (user_id) WHERE revoked_at IS NULL;
 
 CREATE TABLE floor.refresh_tokens (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -61,6 +87,8 @@ CREATE TABLE floor.refresh_tokens (
     expires_at timestamptz NOT NULL,
     rotated_at timestamptz
 );
+CREATE INDEX refresh_tokens_session ON floor.refresh_tokens (session_id);
+CREATE INDEX refresh_tokens_expires ON floor.refresh_tokens (expires_at);
 
 CREATE TABLE floor.audit_log (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -70,6 +98,9 @@ CREATE TABLE floor.audit_log (
     phone      text,
     ip         inet
 );
+CREATE INDEX audit_log_created ON floor.audit_log (created_at);
+CREATE INDEX audit_log_user ON floor.audit_log (user_id, created_at);
+CREATE INDEX audit_log_ip ON floor.audit_log (ip, created_at) WHERE ip IS NOT NULL;
 
 CREATE TABLE floor.mfa_factors (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -86,19 +117,31 @@ CREATE TABLE floor.mfa_challenges (
     verified_at timestamptz
 );
 
--- send: a send_events row, a code row, an outbox row carrying the code.
+-- send: a send_events row, the per-IP and budget counter rows bumped, the phone's previous live
+-- code and queued message retired, a code row, an outbox row carrying the code.
 CREATE FUNCTION floor.send_code(phone text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     uid  uuid;
     code text := lpad((floor(random() * 1000000))::int::text, 6, '0');
     mid  uuid;
+    ip   text := nullif(current_setting('request.headers', true), '')::jsonb ->> 'x-forwarded-for';
 BEGIN
     SELECT u.id INTO uid FROM floor.users u WHERE u.phone = send_code.phone;
     IF uid IS NULL THEN
         INSERT INTO floor.users (phone) VALUES (send_code.phone) RETURNING id INTO uid;
     END IF;
-    INSERT INTO floor.send_events (phone) VALUES (send_code.phone);
+    INSERT INTO floor.send_events (phone, ip) VALUES (send_code.phone, ip::inet);
+    INSERT INTO floor.rate_counters AS r (key, bucket_start, shard, hits)
+        SELECT v.k, v.b, v.s, 1
+        FROM (VALUES ('send_ip:' || ip, date_trunc('minute', now()), (random() * 3)::int),
+                     ('budget', date_trunc('hour', now()), (random() * 7)::int)) AS v (k, b, s)
+        WHERE v.k IS NOT NULL
+        ON CONFLICT (key, bucket_start, shard) DO UPDATE SET hits = r.hits + 1;
+    UPDATE floor.otp_codes c SET invalidated_at = now()
+        WHERE c.subject = send_code.phone AND c.consumed_at IS NULL AND c.invalidated_at IS NULL;
+    UPDATE floor.sms_outbox o SET status = 'expired', body = NULL, updated_at = now()
+        WHERE o.phone = send_code.phone AND o.status = 'queued';
     INSERT INTO floor.otp_codes (user_id, subject, code, expires_at)
         VALUES (uid, send_code.phone, code, now() + interval '5 minutes');
     INSERT INTO floor.sms_outbox (phone, body, expires_at)
@@ -108,7 +151,8 @@ BEGIN
 END
 $$;
 
--- sign-in: consume the code, a session row, a refresh-token row, an audit row.
+-- sign-in: consume the code, its attempt's audit row, a session row, a refresh-token row, an
+-- audit row.
 CREATE FUNCTION floor.verify_code(phone text, otp text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -116,11 +160,13 @@ DECLARE
     sid uuid;
     tok text := gen_random_uuid()::text;
 BEGIN
-    UPDATE floor.otp_codes c SET consumed_at = now()
+    UPDATE floor.otp_codes c SET consumed_at = now(), attempts = c.attempts + 1
     WHERE c.id = (SELECT c2.id FROM floor.otp_codes c2
                   WHERE c2.subject = verify_code.phone AND c2.consumed_at IS NULL
+                    AND c2.invalidated_at IS NULL
                   ORDER BY c2.created_at DESC LIMIT 1)
     RETURNING c.user_id INTO uid;
+    INSERT INTO floor.audit_log (event, user_id, phone) VALUES ('verify_attempt', uid, verify_code.phone);
     UPDATE floor.users SET last_sign_in_at = now(), updated_at = now() WHERE id = uid;
     INSERT INTO floor.sessions (user_id) VALUES (uid) RETURNING id INTO sid;
     INSERT INTO floor.refresh_tokens (session_id, token, expires_at)
@@ -137,6 +183,7 @@ BEGIN
     UPDATE floor.otp_codes c SET attempts = c.attempts + 1
     WHERE c.id = (SELECT c2.id FROM floor.otp_codes c2
                   WHERE c2.subject = record_guess.phone AND c2.consumed_at IS NULL
+                    AND c2.invalidated_at IS NULL
                   ORDER BY c2.created_at DESC LIMIT 1);
     INSERT INTO floor.audit_log (event, phone) VALUES ('verify_failed', record_guess.phone);
     RETURN jsonb_build_object('error', 'invalid-otp');

@@ -197,6 +197,35 @@ def markdown(res):
               + f" | {'; '.join(errors_cell(r.get(v)) for v in VARIANTS)} |")
         w("")
 
+    # ---- primitives
+    pr = res.get("primitives")
+    if pr:
+        sq, ru = pr["sql"], pr.get("rust")
+        w("## TOTP and JWT signing per call")
+        w("")
+        w(f"Inside PostgreSQL, one statement evaluating the function {pr['calls']:,} times "
+          "(`SELECT count(f(…)) FROM generate_series(1, n) g`, elapsed time over n, best of 3), so each number "
+          "includes the SQL function call. The product's TOTP is `auth.totp(secret, at)`, the RFC 6238 code "
+          "the extension's verification computes (through the same Rust code); PL/pgSQL's is `plsql.totp` "
+          "(pgcrypto `hmac`). A verification with the usual ±1 step window computes three codes. The product "
+          "signs tokens only inside its functions, so its HS256 signing is timed in process by "
+          "`cargo run --release -p pg_otp_auth_core --example primitives` (TOTP verification ±1 step and "
+          "signing the claims of a sign-in), without the cost of a SQL call around it.")
+        w("")
+        w("| per call | product | PL/pgSQL + pgcrypto | PL/pgSQL / product |")
+        w("|---|---:|---:|---:|")
+        w(f"| TOTP code, as a SQL call (µs) | {num(sq['totp_product'], 2)} | {num(sq['totp_plpgsql'], 2)} | "
+          f"{ratio(sq['totp_plpgsql'], sq['totp_product'])} |")
+        if ru:
+            w(f"| TOTP verification, ±1 step (µs) | {num(ru['totp_verify_ns'] / 1000, 2)} (Rust, in process) | "
+              f"{num(3 * sq['totp_plpgsql'], 2)} (3 codes) | {ratio(3 * sq['totp_plpgsql'], ru['totp_verify_ns'] / 1000)} |")
+            w(f"| HS256 access token (µs) | {num(ru['jwt_sign_ns'] / 1000, 2)} (Rust, in process, claims built and "
+              f"serialised) | {num(sq['jwt_plpgsql'], 2)} (`plsql.sign_jwt`, a SQL call) | "
+              f"{ratio(sq['jwt_plpgsql'], ru['jwt_sign_ns'] / 1000)} |")
+        else:
+            w(f"| HS256 access token (µs) | (not timed in smoke runs) | {num(sq['jwt_plpgsql'], 2)} | – |")
+        w("")
+
     # ---- dispatcher
     d = res.get("dispatcher")
     if d:
@@ -341,6 +370,13 @@ def console_table(res):
         if wl["kind"] == "latency":
             p99 = [r[v]["p99_ms"] if v in r else None for v in VARIANTS]
             lines.append(f"{'   p99 ms':28s} {'':3s} " + " ".join(f"{num(x):>10s}" for x in p99))
+    pr = res.get("primitives")
+    if pr:
+        sq, ru = pr["sql"], pr.get("rust") or {}
+        lines.append(f"{'TOTP code per SQL call':28s} {'':3s} {'':>10s} {num(sq['totp_plpgsql'], 2):>10s} "
+                     f"{num(sq['totp_product'], 2):>10s} us")
+        lines.append(f"{'HS256 JWT per call':28s} {'':3s} {'':>10s} {num(sq['jwt_plpgsql'], 2):>10s} "
+                     f"{num(ru['jwt_sign_ns'] / 1000, 2) if ru else '–':>10s} us (product: Rust in process)")
     d = res.get("dispatcher")
     if d:
         for t in d["throughput"]:

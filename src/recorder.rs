@@ -29,6 +29,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A recorder with nothing to do for this long exits, giving its worker slot back (and the
 /// database: DROP DATABASE without FORCE waits only 5 s for other sessions to leave).
 const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// The least time between two of the recorder's wake-ups of the dispatcher (it adds at most this
+/// to a message's commit-to-provider latency).
+const NOTIFY_GAP: Duration = Duration::from_millis(5);
 /// A recorder that was asked for but has not come up for this long may be asked for again.
 const START_TIMEOUT_SECS: i64 = 10;
 
@@ -255,6 +258,11 @@ pub fn wake_dispatcher_after_commit() {
     }
 }
 
+/// Whether `db` has a wake-up to send.
+fn wake_up_pending(db: u32) -> bool {
+    QUEUE.share().wake_dispatcher.contains(&db)
+}
+
 /// Takes `db`'s pending wake-up, if any.
 fn take_wake_up(db: u32) -> bool {
     let mut q = QUEUE.exclusive();
@@ -370,8 +378,15 @@ pub extern "C-unwind" fn pg_otp_auth_recorder_main(arg: pg_sys::Datum) {
     // Records a predecessor took but never finished died with it.
     finish(db, None, State::Failed);
     let mut idle_since = Instant::now();
+    let mut last_notify: Option<Instant> = None;
     loop {
-        if take_wake_up(db) {
+        // One NOTIFY per NOTIFY_GAP at most: under load a wake-up per commit would cost a
+        // transaction here (and a claim in every listening dispatcher) for each message, while
+        // one wake-up finds all the messages queued since the last.
+        let notify_wait = last_notify
+            .map(|t| NOTIFY_GAP.saturating_sub(t.elapsed()))
+            .unwrap_or_default();
+        if notify_wait.is_zero() && take_wake_up(db) {
             BackgroundWorker::transaction(|| {
                 // NOTIFY gives its transaction an xid, hence a commit record. Nothing in it needs
                 // to survive a crash (the messages were committed and flushed by their own
@@ -381,13 +396,20 @@ pub extern "C-unwind" fn pg_otp_auth_recorder_main(arg: pg_sys::Datum) {
                 Spi::run("SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', '')").expect("NOTIFY");
             });
             idle_since = Instant::now();
+            last_notify = Some(idle_since);
         }
         let batch = take(db);
         if batch.is_empty() {
             if idle_since.elapsed() >= IDLE_EXIT {
                 break;
             }
-            if !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+            // A wake-up held back by NOTIFY_GAP is sent when the gap ends.
+            let wait = if !notify_wait.is_zero() && wake_up_pending(db) {
+                notify_wait
+            } else {
+                Duration::from_millis(500)
+            };
+            if !BackgroundWorker::wait_latch(Some(wait)) {
                 break;
             }
             continue;
