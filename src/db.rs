@@ -156,12 +156,37 @@ pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
     })
 }
 
-/// Serialises work on one key (a phone, a factor, a ticket, a user) until the transaction ends.
+/// PostgreSQL's own SQL-callable functions, as the fmgr pointers DirectFunctionCall takes (pgrx
+/// binds them only as Rust functions).
+mod fmgr {
+    use pgrx::pg_sys::{Datum, FunctionCallInfo};
+    unsafe extern "C-unwind" {
+        pub fn hashtextextended(fcinfo: FunctionCallInfo) -> Datum;
+        pub fn pg_advisory_xact_lock_int8(fcinfo: FunctionCallInfo) -> Datum;
+    }
+}
+
+/// Serialises work on one key (a phone, a factor, a ticket, a user) until the transaction ends:
+/// `pg_advisory_xact_lock(hashtextextended('pg_otp_auth:<kind>:<key>', 0))`, the same lock a SQL
+/// caller takes with that expression, called directly rather than through a statement.
 pub fn lock(kind: &str, key: &str) -> Result<()> {
-    run(
-        "SELECT pg_advisory_xact_lock(hashtextextended('pg_otp_auth:' || $1 || ':' || $2, 0))",
-        &[text(kind), text(key)],
-    )
+    let name = format!("pg_otp_auth:{kind}:{key}");
+    unsafe {
+        let text = pg_sys::cstring_to_text_with_len(name.as_ptr().cast(), name.len() as i32);
+        let hash = pg_sys::DirectFunctionCall2Coll(
+            Some(fmgr::hashtextextended),
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::Datum::from(text),
+            pg_sys::Datum::from(0i64),
+        );
+        pg_sys::pfree(text.cast());
+        pg_sys::DirectFunctionCall1Coll(
+            Some(fmgr::pg_advisory_xact_lock_int8),
+            pg_sys::InvalidOid,
+            hash,
+        );
+    }
+    Ok(())
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {

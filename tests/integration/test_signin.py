@@ -72,6 +72,21 @@ def test_concurrent_verification_has_exactly_one_winner(db):
     assert db.one("SELECT count(*) FROM auth.sessions") == 1
 
 
+def test_a_phone_is_locked_by_its_advisory_lock_until_the_call_commits(db):
+    # Guesses and sends at one phone are serialised by the transaction advisory lock that
+    # SQL writes as pg_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:<phone>', 0)),
+    # so a DBA can see (and take) it.
+    lock = "SELECT pg_try_advisory_xact_lock(hashtextextended('pg_otp_auth:phone:' || %s, 0))"
+    a, b = db.connect(), db.connect()
+    with a.transaction():
+        a.execute("SELECT auth.send_sms_otp(phone => '+15550301111')")
+        assert b.execute(lock, ("+15550301111",)).fetchone()[0] is False
+        assert b.execute(lock, ("+15550301112",)).fetchone()[0] is True
+    assert b.execute(lock, ("+15550301111",)).fetchone()[0] is True
+    a.close()
+    b.close()
+
+
 def test_max_attempts_kill_the_code_and_survive_the_error(db):
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
