@@ -84,7 +84,10 @@ def markdown(res):
     w("Three variants run side by side, back to back, on the same server in the same run:")
     w("")
     w("- **FLOOR**: the same table writes the product does per call, with no logic (no hashing, no JWT, no "
-      "limits, no locks): `bench/floor.sql`. The ceiling for any implementation on this machine.")
+      "limit checks, no locks): the same rows on tables with the product's indexes (a send also bumps the "
+      "per-IP and budget counter rows and retires the phone's previous code and queued message; a right code "
+      "also writes its attempt's audit row): `bench/floor.sql`. The ceiling for any implementation on this "
+      "machine.")
     w("- **PLPGSQL**: what a DBA can write today with pgcrypto: HMAC-SHA256 codes under a pepper, attempt "
       "counter, cooldown/per-phone/per-IP/budget limits, refresh-token rotation with reuse detection, an "
       "HS256 JWT signed in SQL, RFC 6238 TOTP in PL/pgSQL with replay protection: `bench/plpgsql.sql`.")
@@ -261,7 +264,10 @@ def markdown(res):
     w("")
     w("- **Starting state.** Before each workload every variant's tables are emptied (`bench.reset`: all tables "
       "but settings and secrets), the workload's rows are created (registered users, live codes, …), the tables "
-      "are vacuumed and analyzed and a CHECKPOINT is taken; another CHECKPOINT follows each run.")
+      "that have rows are vacuumed and analyzed and a CHECKPOINT is taken; another CHECKPOINT follows each run. "
+      "Tables left empty keep the unknown statistics TRUNCATE leaves, as on a new install: analyzed while "
+      "empty, every variant's cached plans would scan them whole as the run fills them (the product renews "
+      "its plans, the baselines' PL/pgSQL would not).")
     w("- **Calls.** Product and baseline calls run as PostgREST runs an RPC: `BEGIN; SELECT set_config('role', …), "
       "set_config('request.jwt.claims', …), set_config('request.headers', '{\"x-forwarded-for\": <random IP>}'); "
       "SELECT <function>(…); COMMIT`, over TCP to 127.0.0.1. Random client IPs per request keep the per-IP "
