@@ -31,7 +31,7 @@ pub const USER_JSON: &str = "jsonb_build_object(
                         LIMIT 1))";
 
 #[derive(Deserialize)]
-struct SessionRow {
+pub struct SessionRow {
     id: String,
     aal: String,
     amr: Vec<AuthMethod>,
@@ -40,18 +40,30 @@ struct SessionRow {
     refresh_token_id: Value,
 }
 
-/// The row that tokens are issued from: the session with its user, read together with the
-/// new refresh token's insert (the CTE `s` names the session, `t` the token).
+/// Inserts the refresh token of session `s` (the CTE before it): $2 its parent, $3 its hash,
+/// $4 its lifetime in seconds.
+pub const TOKEN_CTE: &str = "t AS (
+    INSERT INTO auth.refresh_tokens (session_id, parent_id, token_hash, expires_at)
+    SELECT s.id, $2::uuid, $3, now() + make_interval(secs => $4) FROM s
+    RETURNING id)";
+
+/// The row that tokens are issued from (a `SessionRow`): session `s` with its user `u` and the
+/// new refresh token `t`.
+pub static SESSION_ROW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "jsonb_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
+                            'now', floor(extract(epoch FROM now()))::bigint,
+                            'user', {USER_JSON}, 'refresh_token_id', (SELECT id FROM t))"
+    )
+});
+
+/// The row that tokens are issued from, read together with the new refresh token's insert
+/// (the CTE `s` names the session).
 fn issued_row_sql(session: &str) -> String {
     format!(
-        "{session},
-         t AS (INSERT INTO auth.refresh_tokens (session_id, parent_id, token_hash, expires_at)
-               SELECT s.id, $2::uuid, $3, now() + make_interval(secs => $4) FROM s
-               RETURNING id)
-         SELECT jsonb_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
-                                   'now', floor(extract(epoch FROM now()))::bigint,
-                                   'user', {USER_JSON}, 'refresh_token_id', (SELECT id FROM t))
-         FROM s JOIN auth.users u ON u.id = s.user_id"
+        "{session}, {TOKEN_CTE}
+         SELECT {} FROM s JOIN auth.users u ON u.id = s.user_id",
+        *SESSION_ROW
     )
 }
 
@@ -87,11 +99,6 @@ static ROTATE_SQL: LazyLock<String> = LazyLock::new(|| {
              RETURNING id, user_id, aal, amr)",
     )
 });
-
-/// Starts an aal1 session for `user_id`, authenticated by `method`, and issues its tokens.
-pub fn start(cfg: &Config, user_id: &str, method: &str, ip: Option<&str>) -> Result<Value> {
-    start_with(cfg, user_id, "aal1", json!([]), method, ip)
-}
 
 /// Starts a session whose `amr` is `earlier_amr` plus `method` now, and issues its tokens: one
 /// statement.
@@ -148,7 +155,7 @@ fn issue_with(
     tokens(cfg, row, refresh_token)
 }
 
-fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Value> {
+pub fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Value> {
     let user = &s.user;
     let user_id = user["id"].as_str().unwrap_or_default();
     let roles: Vec<String> = serde_json::from_value(user["roles"].clone()).unwrap_or_default();

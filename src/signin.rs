@@ -2,11 +2,12 @@
 
 use crate::autonomous::{self, Action, Target};
 use crate::outbox::{self, admit, channel, lock_phone, Recipient, VERIFY_IP};
-use crate::session::USER_BLOCKED;
+use crate::session::{SESSION_ROW, TOKEN_CTE, USER_BLOCKED};
 use crate::{audit, config, db, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::profile::{self, Profile};
+use pg_otp_auth_core::session::{new_refresh_token, refresh_token_hash};
 use pg_otp_auth_core::{otp, phone, ratelimit};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -253,31 +254,44 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
 /// code (single use: of concurrent calls with the right code exactly one updates the row),
 /// confirms the phone of a user who is not disabled, and audits the sign-in unless a second
 /// factor must follow. Answers who it was and whether a TOTP factor is verified.
+/// A right code's sign-in, one statement: the attempt and the code's consumption, the user's
+/// sign-in, its audit row and, unless the user must also pass TOTP ($8 and a verified factor),
+/// the new session (aal1, amr sms, ip $7) and its refresh token ($3 hashed, lifetime $4; $2 no
+/// parent): see session::TOKEN_CTE and SESSION_ROW. The session's user is the updated row.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH code AS (
          UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
-           AND expires_at > clock_timestamp() AND attempts < $2
+           AND expires_at > clock_timestamp() AND attempts < $5
          RETURNING user_id, purpose, attempts),
      attempt AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'verify_attempt', c.user_id, $3, $4::inet,
+         SELECT 'verify_attempt', c.user_id, $6, $7::inet,
                 jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
          FROM code c),
      signed_in AS (
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
          FROM code c WHERE u.id = c.user_id AND NOT {USER_BLOCKED}
-         RETURNING u.id, EXISTS (SELECT 1 FROM auth.mfa_factors f
-                                 WHERE f.user_id = u.id AND f.factor_type = 'totp'
-                                   AND f.status = 'verified') AS totp),
+         RETURNING u.*, EXISTS (SELECT 1 FROM auth.mfa_factors f
+                                WHERE f.user_id = u.id AND f.factor_type = 'totp'
+                                  AND f.status = 'verified') AS totp),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'sign_in', s.id, $3, $4::inet, '{{}}' FROM signed_in s WHERE NOT ($5 AND s.totp))
+         SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT ($8 AND s.totp)),
+     s AS (
+         INSERT INTO auth.sessions (user_id, aal, amr, ip)
+         SELECT si.id, 'aal1', jsonb_build_array(jsonb_build_object(
+                    'method', 'sms', 'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                $7::inet
+         FROM signed_in si WHERE NOT ($8 AND si.totp)
+         RETURNING id, user_id, aal, amr),
+     {TOKEN_CTE}
      SELECT jsonb_build_object('user_id', (SELECT user_id FROM code),
                                'signed_in', EXISTS (SELECT 1 FROM signed_in),
-                               'totp', coalesce((SELECT totp FROM signed_in), false))"
+                               'session', (SELECT {} FROM s JOIN signed_in u ON u.id = s.user_id))",
+        *SESSION_ROW
     )
 });
 
@@ -285,7 +299,7 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
 struct SignedIn {
     user_id: Option<String>,
     signed_in: bool,
-    totp: bool,
+    session: Option<session::SessionRow>,
 }
 
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
@@ -298,10 +312,14 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
     let code_id = judge_code(&cfg, &phone, PURPOSE, None, code, ip.as_deref())?;
+    let refresh_token = new_refresh_token()?;
     let signed: SignedIn = db::row_as(
         &SIGN_IN_SQL,
         &[
             db::text(&code_id),
+            db::opt_text(None),
+            refresh_token_hash(&refresh_token).into(),
+            cfg.refresh_token_ttl.into(),
             cfg.otp_max_attempts.into(),
             db::text(&phone),
             db::opt_text(ip.as_deref()),
@@ -313,12 +331,16 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     if !signed.signed_in {
         return Err(AuthError::disabled_user());
     }
-    if cfg.mfa_signin_requires_totp && signed.totp {
-        let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
-        return Ok(json!({"session": null, "mfa": mfa}));
+    match signed.session {
+        Some(row) => {
+            Ok(json!({"session": session::tokens(&cfg, row, refresh_token)?, "mfa": null}))
+        }
+        None => {
+            // The user has a verified TOTP factor and sign-in requires it.
+            let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
+            Ok(json!({"session": null, "mfa": mfa}))
+        }
     }
-    let session = session::start(&cfg, &user_id, "sms", ip.as_deref())?;
-    Ok(json!({"session": session, "mfa": null}))
 }
 
 #[pg_extern(name = "_send_sms_otp")]
