@@ -235,7 +235,7 @@ def markdown(res):
         w("## Dispatcher")
         w("")
         w(f"`{d['binary']}` with `--provider webhook --allow-insecure-http --webhook-url http://127.0.0.1:PORT/hook "
-          "--webhook-secret whsec_… --metrics-addr off`, against `bench/receiver.py` (asyncio, raw HTTP/1.1 "
+          "--webhook-secret whsec_… --metrics-addr off`, against `bench/receiver.py` (an asyncio Protocol, raw HTTP/1.1 "
           "keep-alive, TCP_NODELAY, answers `200 {}` at once). Messages were queued in `auth.sms_outbox` "
           "before the dispatcher started; it ran until the database showed none queued or sending.")
         w("")
