@@ -246,13 +246,17 @@ pub fn ensure_running() {
 pub fn wake_dispatcher_after_commit() {
     let db = my_database();
     let mut q = QUEUE.exclusive();
-    if !q.wake_dispatcher.contains(&db) {
+    // A wake-up already pending (held back by NOTIFY_GAP, say) covers this commit too, and
+    // whoever queued it has set the recorder's latch: no signal per commit.
+    let pending = q.wake_dispatcher.contains(&db);
+    if !pending {
         if let Some(free) = q.wake_dispatcher.iter().position(|d| *d == 0) {
             q.wake_dispatcher[free] = db;
         }
     }
     match running_recorder(&q, db) {
-        Some(recorder) => unsafe { set_latch_of(recorder) },
+        Some(recorder) if !pending => unsafe { set_latch_of(recorder) },
+        Some(_) => {}
         // It exited since the commit began: a new one takes the wake-up over when it starts.
         None => request_recorder(&mut q, db),
     }

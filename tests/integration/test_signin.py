@@ -254,6 +254,20 @@ def test_outbox_insert_notifies_dispatchers(db):
     listener.close()
 
 
+def test_a_send_right_after_a_burst_still_wakes_the_dispatcher(db):
+    """Preloaded, the recorder sends at most one wake-up per 5 ms, covering every commit since
+    its last: a send just after a burst (its wake-up held back by the gap) still gets one."""
+    listener = db.connect()
+    listener.execute("LISTEN pg_otp_auth_outbox")
+    for i in range(19):
+        db.rpc("send_sms_otp", phone=f"+1555070{i:04d}")
+    burst = list(listener.notifies(timeout=0.5))
+    assert 1 <= len(burst) <= 19
+    db.rpc("send_sms_otp", phone="+15550700019")
+    assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
+    listener.close()
+
+
 def test_test_numbers_use_fixed_codes_and_send_nothing(db):
     db.setting("test_otp", {PHONE: "424242"})
     sent = db.rpc("send_sms_otp", phone=PHONE)
