@@ -409,7 +409,7 @@ pub extern "C-unwind" fn pg_otp_auth_recorder_main(arg: pg_sys::Datum) {
             }
             // A wake-up held back by NOTIFY_GAP is sent when the gap ends.
             let wait = if !notify_wait.is_zero() && wake_up_pending(db) {
-                notify_wait
+                pg_otp_auth_core::clock::whole_millis(notify_wait)
             } else {
                 Duration::from_millis(500)
             };
