@@ -541,6 +541,14 @@ CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON au
 CREATE TRIGGER secrets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON auth.secrets
     FOR EACH STATEMENT EXECUTE FUNCTION auth._settings_changed();
 
+-- Wakes the dispatcher once the rows are committed (src/wakeup.rs): by NOTIFY
+-- pg_otp_auth_outbox, sent by this transaction or, when preloaded, once for many commits by the
+-- database's attempt recorder. A C trigger: it runs on every send.
+CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'sms_outbox_notify_wrapper';
+CREATE TRIGGER sms_outbox_notify AFTER INSERT ON auth.sms_outbox
+    FOR EACH ROW EXECUTE FUNCTION auth._sms_outbox_notify();
+
 -- Least privilege: nothing in schema auth is executable by PUBLIC unless granted below.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA auth FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -117,21 +117,11 @@ BEGIN
 END
 $$;
 
--- The dispatcher's wake-up: the insert trigger hands it to src/wakeup.rs, which notifies once the
--- rows are committed (preloaded: one NOTIFY by the database's recorder for many commits).
-CREATE FUNCTION auth."_outbox_changed"("message_id" uuid) RETURNS void
-STRICT
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'outbox_changed_wrapper';
-REVOKE EXECUTE ON FUNCTION auth._outbox_changed(uuid) FROM PUBLIC;
-
+-- The dispatcher's wake-up: the insert trigger, now in the library, hands it to src/wakeup.rs,
+-- which notifies once the rows are committed (preloaded: one NOTIFY by the database's recorder
+-- for many commits).
 CREATE OR REPLACE FUNCTION auth._sms_outbox_notify() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM auth._outbox_changed(NEW.id);
-    RETURN NULL;
-END
-$$;
+LANGUAGE c AS 'MODULE_PATHNAME', 'sms_outbox_notify_wrapper';
 
 CREATE FUNCTION auth."_forget_settings"("rel" oid) RETURNS void
 STRICT

@@ -134,18 +134,7 @@ CREATE INDEX sms_outbox_failures ON auth.sms_outbox (updated_at) WHERE last_erro
 CREATE INDEX sms_outbox_finished ON auth.sms_outbox (updated_at) WHERE status IN ('sent', 'dead', 'expired');
 CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status = 'queued';
 
--- Wakes the dispatcher once the rows are committed (src/wakeup.rs): by NOTIFY
--- pg_otp_auth_outbox, sent by this transaction or, when preloaded, once for many commits by the
--- database's attempt recorder.
-CREATE FUNCTION auth._sms_outbox_notify() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM auth._outbox_changed(NEW.id);
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER sms_outbox_notify AFTER INSERT ON auth.sms_outbox
-    FOR EACH ROW EXECUTE FUNCTION auth._sms_outbox_notify();
+-- The insert trigger that wakes the dispatcher is in api.sql (its function is in the library).
 
 -- Every code request: the per-phone cooldown and limit read a phone's own recent rows (exact,
 -- and never more rows than the limit). queued is false for requests that sent nothing (unknown

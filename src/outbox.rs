@@ -45,18 +45,19 @@ impl Counter {
         }
     }
 
-    /// A jsonb expression: `[[age of the bucket's latest event, events], …]`, oldest first, for
-    /// the buckets of the key still inside a window of `window` seconds ending at `now`. Reads at
-    /// most (window / bucket_seconds + 1) x shards rows.
-    pub fn buckets_sql(&self, suffix: Option<&str>, window: &str, now: &str) -> String {
+    /// A jsonb expression: the key's counter rows still inside a window of `window` seconds
+    /// ending at `now`, `[[bucket, age of the row's latest event, events], …]` (see
+    /// `ratelimit::buckets_of_shards`). Reads at most (window / bucket_seconds + 1) x shards
+    /// rows, with no aggregate: executor start-up of aggregates cost more than the rows.
+    pub fn rows_sql(&self, suffix: Option<&str>, window: &str, now: &str) -> String {
         format!(
-            "(SELECT coalesce(jsonb_agg(jsonb_build_array(a, n) ORDER BY a DESC), '[]') FROM (
-                 SELECT extract(epoch FROM {now} - max(last_at))::float8 a, sum(hits)::bigint n
+            "to_jsonb(ARRAY(
+                 SELECT ARRAY[extract(epoch FROM bucket_start), extract(epoch FROM {now} - last_at),
+                              hits]::float8[]
                  FROM auth.rate_counters
                  WHERE key = {key}
                    AND bucket_start > {now} - make_interval(secs => {window} + {width})
-                   AND last_at > {now} - make_interval(secs => {window})
-                 GROUP BY bucket_start) x)",
+                   AND last_at > {now} - make_interval(secs => {window})))",
             key = self.key_sql(suffix),
             width = self.bucket_seconds
         )
@@ -76,13 +77,17 @@ pub struct Recipient {
     pub locale: String,
 }
 
+/// Counter rows as `Counter::rows_sql` reads them.
+pub type CounterRows = Vec<(f64, f64, f64)>;
+
 #[derive(Deserialize)]
 struct Admission {
     recipient: Option<Recipient>,
+    /// Ages of the phone's requests in its window, newest first.
     phone: Vec<f64>,
     last: Option<f64>,
-    ip: Vec<(f64, i64)>,
-    global: Vec<(f64, i64)>,
+    ip: CounterRows,
+    global: CounterRows,
 }
 
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -91,16 +96,16 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
             'recipient', (SELECT jsonb_build_object('id', u.id, 'locale', u.locale,
                                                     'disabled', {blocked})
                           FROM auth.users u WHERE u.phone = $1),
-            'phone', (SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-                SELECT extract(epoch FROM now() - created_at)::float8 a FROM auth.send_events
+            'phone', to_jsonb(ARRAY(
+                SELECT extract(epoch FROM now() - created_at)::float8 FROM auth.send_events
                 WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
-                ORDER BY created_at DESC LIMIT $3) x),
-            'last', (SELECT extract(epoch FROM now() - max(created_at))::float8
-                     FROM auth.send_events WHERE phone = $1),
+                ORDER BY created_at DESC LIMIT $3)),
+            'last', (SELECT extract(epoch FROM now() - created_at)::float8
+                     FROM auth.send_events WHERE phone = $1 ORDER BY created_at DESC LIMIT 1),
             'ip', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {ip} END,
             'global', {global})",
-        ip = SEND_IP.buckets_sql(Some("host($4::inet)"), "$5", "now()"),
-        global = BUDGET.buckets_sql(None, "3600", "now()"),
+        ip = SEND_IP.rows_sql(Some("host($4::inet)"), "$5", "now()"),
+        global = BUDGET.rows_sql(None, "3600", "now()"),
         blocked = crate::session::USER_BLOCKED,
     )
 });
@@ -133,8 +138,9 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
             s,
         ));
     }
+    let oldest_first: Vec<f64> = u.phone.iter().rev().copied().collect();
     if let Some(s) = ratelimit::sliding_window_retry_after(
-        &u.phone,
+        &oldest_first,
         cfg.sms_rate_per_phone,
         cfg.sms_rate_per_phone_window as f64,
     ) {
@@ -146,7 +152,7 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
     }
     if ip.is_some() {
         if let Some(s) = ratelimit::bucketed_retry_after(
-            &u.ip,
+            &ratelimit::buckets_of_shards(&u.ip),
             cfg.sms_rate_per_ip,
             cfg.sms_rate_per_ip_window as f64,
         ) {
@@ -157,7 +163,11 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
             ));
         }
     }
-    if let Some(s) = ratelimit::bucketed_retry_after(&u.global, cfg.sms_budget_per_hour, 3600.0) {
+    if let Some(s) = ratelimit::bucketed_retry_after(
+        &ratelimit::buckets_of_shards(&u.global),
+        cfg.sms_budget_per_hour,
+        3600.0,
+    ) {
         return Err(AuthError::rate_limited(
             "over-sms-send-rate-limit",
             "The service has sent too many messages; try again later.",

@@ -156,8 +156,8 @@ struct LiveCode {
 #[derive(Deserialize)]
 struct Guess {
     code: Option<LiveCode>,
-    /// The client address's recent failures: `[[age of the bucket's latest, failures], …]`.
-    ip_failures: Vec<(f64, i64)>,
+    /// The client address's recent failures, as `Counter::rows_sql` reads them.
+    ip_failures: outbox::CounterRows,
 }
 
 /// The phone's latest live code of a purpose (of user $5, if given) and the failures counted
@@ -174,7 +174,7 @@ static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
                         AND consumed_at IS NULL AND invalidated_at IS NULL
                       ORDER BY created_at DESC LIMIT 1),
              'ip_failures', CASE WHEN $3::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
-        VERIFY_IP.buckets_sql(Some("host($3::inet)"), "$4", "clock_timestamp()")
+        VERIFY_IP.rows_sql(Some("host($3::inet)"), "$4", "clock_timestamp()")
     )
 });
 
@@ -235,9 +235,9 @@ pub(crate) fn judge_code(
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
-fn check_verify_rate(cfg: &Config, failures: &[(f64, i64)]) -> Result<()> {
+fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
     match ratelimit::bucketed_retry_after(
-        failures,
+        &ratelimit::buckets_of_shards(failures),
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
     ) {

@@ -52,17 +52,25 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
-/// Called by the outbox's insert trigger. A transaction that notifies itself names the message
-/// in the payload; a wake-up sent by the recorder covers many and names none.
-#[pg_extern(name = "_outbox_changed")]
-fn outbox_changed(message_id: pgrx::Uuid) {
+/// The outbox's insert trigger (`auth._sms_outbox_notify`, declared in api.sql). A transaction
+/// that notifies itself names the message in the payload; a wake-up sent by the recorder covers
+/// many and names none.
+#[pg_trigger(sql = false)]
+fn sms_outbox_notify<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     if !recorder::preloaded() {
+        let id = trigger
+            .new()
+            .and_then(|row| row.get_by_name::<pgrx::Uuid>("id").ok().flatten())
+            .map(|id| id.to_string())
+            .unwrap_or_default();
         crate::db::run(
-            "SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', $1::text)",
-            &[message_id.to_string().into()],
+            "SELECT pg_catalog.pg_notify('pg_otp_auth_outbox', $1)",
+            &[crate::db::text(&id)],
         )
         .unwrap_or_else(|e| error!("{}", e.message));
-        return;
+        return Ok(None);
     }
     // The first sends after a quiet spell notify themselves while the recorder starts.
     recorder::ensure_running();
@@ -71,4 +79,5 @@ fn outbox_changed(message_id: pgrx::Uuid) {
         CALLBACK_REGISTERED.set(true);
     }
     QUEUED.set(true);
+    Ok(None)
 }

@@ -22,9 +22,18 @@ mod tests {
 
     #[test]
     fn waits_round_up_to_whole_milliseconds() {
-        assert_eq!(whole_millis(Duration::from_micros(1)), Duration::from_millis(1));
-        assert_eq!(whole_millis(Duration::from_micros(4_600)), Duration::from_millis(5));
-        assert_eq!(whole_millis(Duration::from_millis(5)), Duration::from_millis(5));
+        assert_eq!(
+            whole_millis(Duration::from_micros(1)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            whole_millis(Duration::from_micros(4_600)),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            whole_millis(Duration::from_millis(5)),
+            Duration::from_millis(5)
+        );
         assert_eq!(whole_millis(Duration::ZERO), Duration::ZERO);
     }
 

@@ -42,6 +42,25 @@ pub fn bucketed_retry_after(
     Some(seconds_until(window_seconds))
 }
 
+/// Per bucket, oldest first, the age of its latest event and its events, from counter rows
+/// `[bucket, age of the row's latest event, events]` as a key's shards store them (any order):
+/// what [`bucketed_retry_after`] takes. Grouping here rather than in SQL keeps the read a plain
+/// index scan.
+pub fn buckets_of_shards(rows: &[(f64, f64, f64)]) -> Vec<(f64, i64)> {
+    let mut buckets: Vec<(f64, f64, i64)> = Vec::with_capacity(rows.len());
+    for &(bucket, age, events) in rows {
+        match buckets.iter_mut().find(|b| b.0 == bucket) {
+            Some(b) => {
+                b.1 = b.1.min(age);
+                b.2 += events as i64;
+            }
+            None => buckets.push((bucket, age, events as i64)),
+        }
+    }
+    buckets.sort_by(|a, b| b.1.total_cmp(&a.1));
+    buckets.into_iter().map(|(_, age, n)| (age, n)).collect()
+}
+
 /// `None` when the cooldown has passed since the last event (or there was none).
 pub fn cooldown_retry_after(last_event_age: Option<f64>, cooldown_seconds: f64) -> Option<i64> {
     match last_event_age {
@@ -98,6 +117,22 @@ mod tests {
             Some(500)
         );
         assert_eq!(bucketed_retry_after(&[(1.0, 5)], 0, 60.0), Some(60));
+    }
+
+    #[test]
+    fn shards_of_a_bucket_count_together_and_its_latest_event_decides() {
+        assert_eq!(buckets_of_shards(&[]), vec![]);
+        let rows = [
+            (1800.0, 30.0, 2.0),
+            (900.0, 1000.0, 4.0),
+            (1800.0, 5.0, 3.0),
+            (900.0, 950.0, 1.0),
+        ];
+        assert_eq!(buckets_of_shards(&rows), vec![(950.0, 5), (5.0, 5)]);
+        assert_eq!(
+            bucketed_retry_after(&buckets_of_shards(&rows), 6, 3600.0),
+            Some(2650)
+        );
     }
 
     #[test]
