@@ -1,7 +1,9 @@
 -- The public SQL API of pg_otp_auth: the contract PostgREST and SQL clients call.
 --
 -- Each public function is a thin SECURITY DEFINER wrapper around an internal Rust function
--- (auth._*) that returns {"ok": result} or {"error": {status, code, message, hint}}. The wrapper
+-- (auth._*) that returns {"ok": result} or {"error": {status, code, message, hint}}. The wrappers
+-- are PL/pgSQL, which keeps a call's plan for the session (a SQL function with SET search_path
+-- is parsed and planned again on every call, about 4% of a sign-in's time). The wrapper
 -- raises the error as SQLSTATE PT<status> (PostgREST answers HTTP <status>) with the stable code
 -- in DETAIL; raising here, after the Rust call returned, rolls back everything the call wrote.
 -- Only counters and audit rows that must survive a failure are written outside the
@@ -60,28 +62,38 @@ CREATE FUNCTION auth.send_sms_otp(
     captcha_token text DEFAULT NULL,
     channel text DEFAULT 'sms'
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel));
+END
 $$;
 
 CREATE FUNCTION auth.resend_sms_otp(phone text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._resend_sms_otp(phone))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._resend_sms_otp(phone));
+END
 $$;
 
 CREATE FUNCTION auth.signup_sms_otp(phone text, options jsonb DEFAULT '{}') RETURNS text
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._signup_sms_otp(phone, options)) #>> '{}'
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signup_sms_otp(phone, options)) #>> '{}';
+END
 $$;
 
 CREATE FUNCTION auth.verify_sms_otp(phone text, otp text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._verify_sms_otp(phone, otp))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._verify_sms_otp(phone, otp));
+END
 $$;
 
 CREATE FUNCTION auth.refresh_session(refresh_token text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._refresh_session(refresh_token))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._refresh_session(refresh_token));
+END
 $$;
 
 CREATE FUNCTION auth.sign_out(scope text DEFAULT 'local') RETURNS void
@@ -99,48 +111,66 @@ CREATE FUNCTION auth.mfa_enroll(
     phone text DEFAULT NULL,
     issuer text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_challenge(factor_id uuid, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_challenge(factor_id, channel))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_challenge(factor_id, channel));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_verify(factor_id uuid, challenge_id uuid, code text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_challenge_and_verify(factor_id uuid, code text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_unenroll(factor_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_unenroll(factor_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_unenroll(factor_id));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_list_factors() RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_list_factors())
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_list_factors());
+END
 $$;
 
 CREATE FUNCTION auth.mfa_get_authenticator_assurance_level() RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._mfa_get_authenticator_assurance_level())
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_get_authenticator_assurance_level());
+END
 $$;
 
 CREATE FUNCTION auth.signin_mfa_totp(ticket text, otp text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._signin_mfa_totp(ticket, otp))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signin_mfa_totp(ticket, otp));
+END
 $$;
 
 CREATE FUNCTION auth.signin_mfa_recovery_code(ticket text, code text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._signin_mfa_recovery_code(ticket, code))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signin_mfa_recovery_code(ticket, code));
+END
 $$;
 
 CREATE FUNCTION auth.mfa_generate_recovery_codes() RETURNS text[]
@@ -151,15 +181,19 @@ $$;
 -- RFC 4226 / RFC 6238 codes, for DBAs and tests (owner only).
 CREATE FUNCTION auth.hotp(secret bytea, counter bigint, digits integer DEFAULT 6, algorithm text DEFAULT 'sha1')
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._hotp(secret, counter, digits, algorithm)) #>> '{}'
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._hotp(secret, counter, digits, algorithm)) #>> '{}';
+END
 $$;
 
 CREATE FUNCTION auth.totp(secret text, at timestamptz DEFAULT now(), digits integer DEFAULT 6,
                           period integer DEFAULT 30, algorithm text DEFAULT 'sha1')
 RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._totp(secret, floor(extract(epoch FROM at))::bigint, digits, period, algorithm)) #>> '{}'
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._totp(secret, floor(extract(epoch FROM at))::bigint, digits, period, algorithm)) #>> '{}';
+END
 $$;
 
 -- The dispatcher's interface (see README "Dispatcher"): executable by the extension owner and
@@ -327,13 +361,17 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE FUNCTION auth.set_setting(name text, value jsonb) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._set_setting(name, value))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._set_setting(name, value));
+END
 $$;
 
 CREATE FUNCTION auth.reset_setting(name text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._reset_setting(name))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._reset_setting(name));
+END
 $$;
 
 -- The secret PostgREST needs as jwt-secret (PGRST_JWT_SECRET).
@@ -420,8 +458,10 @@ $$;
 -- The signed-in user's own account (acting user: the live session in request.jwt.claims).
 
 CREATE FUNCTION auth.get_user() RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._get_user())
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._get_user());
+END
 $$;
 
 -- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
@@ -432,18 +472,24 @@ CREATE FUNCTION auth.update_user(
     avatar_url text DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata));
+END
 $$;
 
 CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._change_phone(new_phone, channel))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._change_phone(new_phone, channel));
+END
 $$;
 
 CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._verify_phone_change(new_phone, otp))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._verify_phone_change(new_phone, otp));
+END
 $$;
 
 -- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
@@ -458,45 +504,61 @@ CREATE FUNCTION auth.admin_create_user(
     roles text[] DEFAULT NULL,
     default_role text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
-                                                metadata, roles, default_role))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
+                                                metadata, roles, default_role));
+END
 $$;
 
 CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_get_user(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_get_user(user_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
                                       phone_prefix text DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix));
+END
 $$;
 
 CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_update_user(user_id, attributes))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_update_user(user_id, attributes));
+END
 $$;
 
 CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_delete_user(user_id, soft))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_delete_user(user_id, soft));
+END
 $$;
 
 CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_list_factors(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_list_factors(user_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_delete_factor(user_id, factor_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_delete_factor(user_id, factor_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_sign_out(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_sign_out(user_id));
+END
 $$;
 
 -- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.

@@ -228,8 +228,10 @@ AS 'MODULE_PATHNAME', 'admin_sign_out_impl_wrapper';
 -- The signed-in user's own account (acting user: the live session in request.jwt.claims).
 
 CREATE FUNCTION auth.get_user() RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._get_user())
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._get_user());
+END
 $$;
 
 -- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
@@ -240,18 +242,24 @@ CREATE FUNCTION auth.update_user(
     avatar_url text DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata));
+END
 $$;
 
 CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._change_phone(new_phone, channel))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._change_phone(new_phone, channel));
+END
 $$;
 
 CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._verify_phone_change(new_phone, otp))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._verify_phone_change(new_phone, otp));
+END
 $$;
 
 -- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
@@ -266,45 +274,61 @@ CREATE FUNCTION auth.admin_create_user(
     roles text[] DEFAULT NULL,
     default_role text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
-                                                metadata, roles, default_role))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
+                                                metadata, roles, default_role));
+END
 $$;
 
 CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_get_user(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_get_user(user_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
                                       phone_prefix text DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix));
+END
 $$;
 
 CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_update_user(user_id, attributes))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_update_user(user_id, attributes));
+END
 $$;
 
 CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_delete_user(user_id, soft))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_delete_user(user_id, soft));
+END
 $$;
 
 CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_list_factors(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_list_factors(user_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_delete_factor(user_id, factor_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_delete_factor(user_id, factor_id));
+END
 $$;
 
 CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT auth._unwrap(auth._admin_sign_out(user_id))
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._admin_sign_out(user_id));
+END
 $$;
 
 -- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.
@@ -515,5 +539,147 @@ BEGIN
                    'auth.sms_mark_sent(uuid, text), auth.sms_mark_sent_many(uuid[], text[]), '
                    'auth.sms_mark_failed(uuid, text, boolean, integer), '
                    'auth.sms_mark_captcha_passed(uuid), auth.sms_queue_stats() TO %I', role_name);
+END
+$$;
+
+-- The API's wrappers are PL/pgSQL: a SQL function with SET search_path is parsed and planned
+-- again on every call, a PL/pgSQL one keeps its plan for the session.
+CREATE OR REPLACE FUNCTION auth.send_sms_otp(
+    phone text,
+    create_user boolean DEFAULT true,
+    data jsonb DEFAULT '{}',
+    captcha_token text DEFAULT NULL,
+    channel text DEFAULT 'sms'
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.resend_sms_otp(phone text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._resend_sms_otp(phone));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.signup_sms_otp(phone text, options jsonb DEFAULT '{}') RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signup_sms_otp(phone, options)) #>> '{}';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.verify_sms_otp(phone text, otp text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._verify_sms_otp(phone, otp));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.refresh_session(refresh_token text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._refresh_session(refresh_token));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_enroll(
+    factor_type text,
+    friendly_name text DEFAULT NULL,
+    phone text DEFAULT NULL,
+    issuer text DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_challenge(factor_id uuid, channel text DEFAULT 'sms') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_challenge(factor_id, channel));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_verify(factor_id uuid, challenge_id uuid, code text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_challenge_and_verify(factor_id uuid, code text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_unenroll(factor_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_unenroll(factor_id));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_list_factors() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_list_factors());
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.mfa_get_authenticator_assurance_level() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._mfa_get_authenticator_assurance_level());
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.signin_mfa_totp(ticket text, otp text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signin_mfa_totp(ticket, otp));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.signin_mfa_recovery_code(ticket text, code text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._signin_mfa_recovery_code(ticket, code));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.hotp(secret bytea, counter bigint, digits integer DEFAULT 6, algorithm text DEFAULT 'sha1')
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._hotp(secret, counter, digits, algorithm)) #>> '{}';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.totp(secret text, at timestamptz DEFAULT now(), digits integer DEFAULT 6,
+                          period integer DEFAULT 30, algorithm text DEFAULT 'sha1')
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._totp(secret, floor(extract(epoch FROM at))::bigint, digits, period, algorithm)) #>> '{}';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.set_setting(name text, value jsonb) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._set_setting(name, value));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION auth.reset_setting(name text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN auth._unwrap(auth._reset_setting(name));
 END
 $$;
