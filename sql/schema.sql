@@ -6,6 +6,13 @@
 
 GRANT USAGE ON SCHEMA auth TO PUBLIC;
 
+-- Ids of the rows written on every call are time-ordered (UUIDv7: Unix milliseconds, then 74
+-- random bits; src/lib.rs), so each insert lands on its primary key's latest pages rather than a
+-- random page of a large index. Users and factors keep random ids: a user's id is the JWT's
+-- subject, and need not tell when the account was made.
+CREATE FUNCTION auth._uuid_v7() RETURNS uuid
+LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'uuid_v7_wrapper';
+
 -- Settings a DBA has changed from their defaults (see auth.settings() for all of them).
 CREATE TABLE auth.config (
     key        text PRIMARY KEY,
@@ -62,7 +69,7 @@ CREATE TABLE auth.users (
 
 -- One-time codes, stored only as keyed hashes. subject is the phone for sign-in codes.
 CREATE TABLE auth.otp_codes (
-    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id             uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     user_id        uuid REFERENCES auth.users (id) ON DELETE CASCADE,
     purpose        text NOT NULL,
     subject        text NOT NULL,
@@ -78,7 +85,7 @@ CREATE INDEX otp_codes_live ON auth.otp_codes (subject, purpose, created_at DESC
 CREATE INDEX otp_codes_expires ON auth.otp_codes (expires_at);
 
 CREATE TABLE auth.sessions (
-    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id             uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     user_id        uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     aal            text NOT NULL DEFAULT 'aal1' CHECK (aal IN ('aal1', 'aal2')),
     amr            jsonb NOT NULL DEFAULT '[]',
@@ -93,7 +100,7 @@ CREATE INDEX sessions_user ON auth.sessions (user_id) WHERE revoked_at IS NULL;
 -- Refresh tokens, stored only as SHA-256 hashes. A rotated token keeps its row so that a late
 -- replay can be recognised as reuse.
 CREATE TABLE auth.refresh_tokens (
-    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id         uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     session_id uuid NOT NULL REFERENCES auth.sessions (id) ON DELETE CASCADE,
     parent_id  uuid,
     token_hash bytea NOT NULL UNIQUE,
@@ -107,7 +114,7 @@ CREATE INDEX refresh_tokens_expires ON auth.refresh_tokens (expires_at);
 -- Messages for the dispatcher. body holds the plain code until the message is delivered or
 -- given up on; expires_at is the code's expiry, after which the message must not be sent.
 CREATE TABLE auth.sms_outbox (
-    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id                  uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     phone               text NOT NULL,
     channel             text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
     body                text,
@@ -141,7 +148,7 @@ CREATE INDEX sms_outbox_phone ON auth.sms_outbox (phone, purpose) WHERE status =
 -- phones), which still count against the per-phone and per-IP limits so that limits do not
 -- reveal whether a phone is registered.
 CREATE TABLE auth.send_events (
-    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id         uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     phone      text NOT NULL,
     ip         inet,
     channel    text NOT NULL CHECK (channel IN ('sms', 'whatsapp')),
@@ -165,7 +172,7 @@ CREATE TABLE auth.rate_counters (
 );
 
 CREATE TABLE auth.audit_log (
-    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id         uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     created_at timestamptz NOT NULL DEFAULT now(),
     event      text NOT NULL,
     user_id    uuid,
@@ -206,7 +213,7 @@ CREATE UNIQUE INDEX mfa_factors_one_verified_totp ON auth.mfa_factors (user_id)
 
 -- One verification attempt of a factor. Phone challenges hold the keyed hash of the code sent.
 CREATE TABLE auth.mfa_challenges (
-    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id          uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     factor_id   uuid NOT NULL REFERENCES auth.mfa_factors (id) ON DELETE CASCADE,
     session_id  uuid NOT NULL REFERENCES auth.sessions (id) ON DELETE CASCADE,
     code_hash   bytea,
@@ -222,7 +229,7 @@ CREATE INDEX mfa_challenges_expires ON auth.mfa_challenges (expires_at);
 -- Sign-in tickets: the first factor (SMS) passed, the second is still owed. Stored hashed; the
 -- caller holds "mfaTotp:<id>".
 CREATE TABLE auth.mfa_tickets (
-    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id          uuid PRIMARY KEY DEFAULT auth._uuid_v7(),
     ticket_hash bytea NOT NULL UNIQUE,
     user_id     uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     first_amr   jsonb NOT NULL,

@@ -41,6 +41,13 @@ pub(crate) fn respond(result: Result<Value>) -> JsonB {
     }
 }
 
+/// `auth._uuid_v7()`, the default id of the tables written on every call (declared in
+/// schema.sql, before the tables).
+#[pg_extern(sql = false)]
+fn uuid_v7() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(pg_otp_auth_core::otp::time_ordered_uuid())
+}
+
 /// Random bytes from the OS CSPRNG, for generating secrets at CREATE EXTENSION.
 #[pg_extern(name = "_random_bytes")]
 fn random_bytes(n: i32) -> Vec<u8> {

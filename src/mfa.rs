@@ -456,7 +456,7 @@ fn verify_challenge(
         otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
     };
     autonomous::record(&Action::Attempt {
-        audit_id: otp::random_uuid()?,
+        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
         target: Target::Challenge {
             challenge_id: (!made_in_this_call).then(|| c.id.clone()),
             factor_id: factor.id.clone(),
@@ -721,7 +721,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ip = request::client_ip(&cfg)?;
     let step = factor.fresh_totp_step(code, unix_seconds(), cfg.totp_window)?;
     autonomous::record(&Action::Attempt {
-        audit_id: otp::random_uuid()?,
+        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: Some(factor.id.clone()),
@@ -761,7 +761,7 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
         }
     }
     autonomous::record(&Action::Attempt {
-        audit_id: otp::random_uuid()?,
+        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: None,

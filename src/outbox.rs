@@ -227,7 +227,7 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
          SELECT coalesce(
              (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM message),
              (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM code),
-             jsonb_build_object('id', gen_random_uuid(),
+             jsonb_build_object('id', auth._uuid_v7(),
                                 'expires_at', now() + make_interval(secs => $10)))",
         ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
         budget_key = BUDGET.key_sql(None),

@@ -219,7 +219,7 @@ pub(crate) fn judge_code(
         Some(live) if matches => Ok(live.id),
         live => {
             autonomous::record(&Action::Attempt {
-                audit_id: otp::random_uuid()?,
+                audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
                 target: Target::Code {
                     code_id: live.map(|c| c.id),
                     phone: phone.to_string(),

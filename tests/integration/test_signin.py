@@ -3,6 +3,7 @@
 import re
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -195,6 +196,11 @@ def test_unknown_phone_without_create_user_is_not_revealed(db):
     b = db.rpc("send_sms_otp", phone=known, create_user=False)
     assert set(a) == set(b) and a["channel"] == b["channel"] == "sms"
     assert a["phone"] == "+1******3030"
+    # Both message ids are time-ordered (UUIDv7), the real one and the one naming nothing, so the
+    # id's form does not tell them apart either.
+    ids = [uuid.UUID(x["message_id"]) for x in (a, b)]
+    assert [i.version for i in ids] == [7, 7], ids
+    assert abs((ids[0].int >> 80) - (ids[1].int >> 80)) < 60_000  # milliseconds apart
     after = db.counts()
     assert after["users"] == before["users"]
     assert after["sms_outbox"] == before["sms_outbox"] + 1  # only the known phone got a message
