@@ -274,9 +274,9 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
          FROM code c WHERE u.id = c.user_id AND NOT {USER_BLOCKED}
-         RETURNING u.*, EXISTS (SELECT 1 FROM auth.mfa_factors f
-                                WHERE f.user_id = u.id AND f.factor_type = 'totp'
-                                  AND f.status = 'verified') AS totp),
+         RETURNING u.*, ($8 AND EXISTS (SELECT 1 FROM auth.mfa_factors f
+                                        WHERE f.user_id = u.id AND f.factor_type = 'totp'
+                                          AND f.status = 'verified')) AS totp),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
          SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT ($8 AND s.totp)),
