@@ -7,6 +7,8 @@
 -- index entries as the product's does), the same rows written per call: a send also bumps
 -- the per-IP and budget counter rows and retires the phone's previous live code and queued
 -- message, as the product does; a right code also writes its attempt's audit row. Schema `floor`.
+-- Its ids are gen_random_uuid(), as bare SQL on PostgreSQL 15 makes them (the product's rows
+-- written on every call get time-ordered UUIDv7 ids instead).
 
 CREATE SCHEMA floor;
 

@@ -86,8 +86,10 @@ def markdown(res):
     w("- **FLOOR**: the same table writes the product does per call, with no logic (no hashing, no JWT, no "
       "limit checks, no locks): the same rows on tables with the product's indexes (a send also bumps the "
       "per-IP and budget counter rows and retires the phone's previous code and queued message; a right code "
-      "also writes its attempt's audit row): `bench/floor.sql`. The ceiling for any implementation on this "
-      "machine.")
+      "also writes its attempt's audit row): `bench/floor.sql`. Its ids are `gen_random_uuid()`, as bare SQL "
+      "on PostgreSQL 15 makes them; the product gives the rows it writes on every call time-ordered ids "
+      "(UUIDv7), which keeps their primary-key inserts on the indexes' latest pages. Apart from that, the "
+      "ceiling for any implementation on this machine.")
     w("- **PLPGSQL**: what a DBA can write today with pgcrypto: HMAC-SHA256 codes under a pepper, attempt "
       "counter, cooldown/per-phone/per-IP/budget limits, refresh-token rotation with reuse detection, an "
       "HS256 JWT signed in SQL, RFC 6238 TOTP in PL/pgSQL with replay protection: `bench/plpgsql.sql`.")
