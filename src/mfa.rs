@@ -119,13 +119,14 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 /// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
 /// (as mfa_challenge_and_verify makes) must not reset the count.
 fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
-    let ages: Vec<f64> = db::row_as(
-        "SELECT coalesce(jsonb_agg(a ORDER BY a DESC), '[]') FROM (
-             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 a FROM auth.audit_log
+    // Newest first, without an aggregate (see outbox::Counter::rows_sql).
+    let newest_first: Vec<f64> = db::row_as(
+        "SELECT to_jsonb(ARRAY(
+             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM auth.audit_log
              WHERE user_id = $1::uuid AND event IN ('mfa_verify_failed', 'mfa_signin_failed')
                AND detail ->> 'factor_id' = $2
                AND created_at > clock_timestamp() - make_interval(secs => $3)
-             ORDER BY created_at DESC LIMIT $4) x",
+             ORDER BY created_at DESC LIMIT $4))",
         &[
             db::text(user_id),
             db::text(factor_id),
@@ -134,6 +135,7 @@ fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result
         ],
     )?
     .unwrap_or_default();
+    let ages: Vec<f64> = newest_first.into_iter().rev().collect();
     match ratelimit::sliding_window_retry_after(
         &ages,
         cfg.mfa_failure_limit,
