@@ -458,7 +458,7 @@ fn verify_challenge(
         otp::verify_code(&pepper, CHALLENGE_PURPOSE, &factor.id, code, &stored).then_some(0)
     };
     autonomous::record(&Action::Attempt {
-        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
+        audit_id: otp::time_ordered_uuid_text(),
         target: Target::Challenge {
             challenge_id: (!made_in_this_call).then(|| c.id.clone()),
             factor_id: factor.id.clone(),
@@ -723,7 +723,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ip = request::client_ip(&cfg)?;
     let step = factor.fresh_totp_step(code, unix_seconds(), cfg.totp_window)?;
     autonomous::record(&Action::Attempt {
-        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
+        audit_id: otp::time_ordered_uuid_text(),
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: Some(factor.id.clone()),
@@ -763,7 +763,7 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
         }
     }
     autonomous::record(&Action::Attempt {
-        audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
+        audit_id: otp::time_ordered_uuid_text(),
         target: Target::Ticket {
             ticket_id: t.id.clone(),
             factor_id: None,

@@ -242,7 +242,7 @@ fn refresh(token: Option<&str>) -> Result<Value> {
             return issue(&cfg, &t.session_id, Some(&t.id));
         }
         autonomous::record(&Action::RefreshTokenReused {
-            audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
+            audit_id: otp::time_ordered_uuid_text(),
             token_id: t.id.clone(),
             ip: request::client_ip(&cfg)?,
         })?;

@@ -219,7 +219,7 @@ pub(crate) fn judge_code(
         Some(live) if matches => Ok(live.id),
         live => {
             autonomous::record(&Action::Attempt {
-                audit_id: otp::uuid_text(&otp::time_ordered_uuid()),
+                audit_id: otp::time_ordered_uuid_text(),
                 target: Target::Code {
                     code_id: live.map(|c| c.id),
                     phone: phone.to_string(),
@@ -250,14 +250,12 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
     }
 }
 
-/// A right code, in the caller's transaction: counts and audits the attempt and consumes the
-/// code (single use: of concurrent calls with the right code exactly one updates the row),
-/// confirms the phone of a user who is not disabled, and audits the sign-in unless a second
-/// factor must follow. Answers who it was and whether a TOTP factor is verified.
-/// A right code's sign-in, one statement: the attempt and the code's consumption, the user's
-/// sign-in, its audit row and, unless the user must also pass TOTP ($8 and a verified factor),
-/// the new session (aal1, amr sms, ip $7) and its refresh token ($3 hashed, lifetime $4; $2 no
-/// parent): see session::TOKEN_CTE and SESSION_ROW. The session's user is the updated row.
+/// A right code's sign-in, in the caller's transaction and one statement: the attempt is counted
+/// and audited and the code consumed (single use: of concurrent calls with the right code exactly
+/// one updates the row), the phone of a user who is not disabled confirmed, and, unless the user
+/// must also pass TOTP (`totp`: $8 and a verified factor), the sign-in audited and the new
+/// session (aal1, amr sms, ip $7) and its refresh token ($3 hashed, lifetime $4; $2 no parent)
+/// made: see session::TOKEN_CTE and SESSION_ROW. The session's user is the updated row.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH code AS (
@@ -279,13 +277,13 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
                                           AND f.status = 'verified')) AS totp),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT ($8 AND s.totp)),
+         SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT s.totp),
      s AS (
          INSERT INTO auth.sessions (user_id, aal, amr, ip)
          SELECT si.id, 'aal1', jsonb_build_array(jsonb_build_object(
                     'method', 'sms', 'timestamp', floor(extract(epoch FROM now()))::bigint)),
                 $7::inet
-         FROM signed_in si WHERE NOT ($8 AND si.totp)
+         FROM signed_in si WHERE NOT si.totp
          RETURNING id, user_id, aal, amr),
      {TOKEN_CTE}
      SELECT jsonb_build_object('user_id', (SELECT user_id FROM code),

@@ -40,6 +40,11 @@ pub fn time_ordered_uuid() -> [u8; 16] {
     *uuid::Uuid::new_v7(ts).as_bytes()
 }
 
+/// [`time_ordered_uuid`] in canonical text form (the ids of audit rows written for a caller).
+pub fn time_ordered_uuid_text() -> String {
+    uuid_text(&time_ordered_uuid())
+}
+
 /// 16 bytes as a UUID in canonical text form.
 pub fn uuid_text(b: &[u8; 16]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
