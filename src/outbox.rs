@@ -45,29 +45,58 @@ impl Counter {
         }
     }
 
-    /// A jsonb expression: the key's counter rows still inside a window of `window` seconds
-    /// ending at `now`, `[[bucket, age of the row's latest event, events], …]` (see
-    /// `ratelimit::buckets_of_shards`). Reads at most (window / bucket_seconds + 1) x shards
-    /// rows, with no aggregate: executor start-up of aggregates cost more than the rows.
-    pub fn rows_sql(&self, suffix: Option<&str>, window: &str, now: &str) -> String {
-        format!(
-            "to_jsonb(ARRAY(
-                 SELECT ARRAY[extract(epoch FROM bucket_start), extract(epoch FROM {now} - last_at),
-                              hits]::float8[]
-                 FROM auth.rate_counters
-                 WHERE key = {key}
-                   AND bucket_start > {now} - make_interval(secs => {window} + {width})
-                   AND last_at > {now} - make_interval(secs => {window})))",
-            key = self.key_sql(suffix),
-            width = self.bucket_seconds
-        )
-    }
-
-    /// This backend's shard.
+    /// This backend's shard. Backends are numbered densely (the lowest free number first), so
+    /// up to `shards` concurrent writers never share a row, which process ids did not promise.
     pub fn shard(&self) -> i32 {
-        (unsafe { pgrx::pg_sys::MyProcPid }).rem_euclid(self.shards)
+        backend_number().rem_euclid(self.shards)
     }
 }
+
+/// This backend's slot among the server's processes.
+fn backend_number() -> i32 {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    let n = unsafe { pgrx::pg_sys::MyBackendId };
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let n = unsafe { pgrx::pg_sys::MyProcNumber };
+    n
+}
+
+/// A read of one key's counter rows: the counter, the SQL of the key's suffix (see
+/// [`Counter::key_sql`]) and the SQL of the window in seconds.
+pub type KeyRead<'a> = (&'a Counter, Option<&'a str>, &'a str);
+
+/// A jsonb expression: the counter rows of the keys in `reads` still inside each one's window
+/// ending at `now`, `[[read, bucket, age of the row's latest event, events], …]` with `read` the
+/// position of the key in `reads` (split them with `ratelimit::rows_per_key`). One index scan
+/// per key reads at most (window / bucket_seconds + 1) x shards rows, with no aggregate:
+/// executor start-up of aggregates cost more than the rows. A key whose suffix is NULL has
+/// no rows.
+pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
+    let keys: Vec<String> = reads
+        .iter()
+        .enumerate()
+        .map(|(i, (counter, suffix, window))| {
+            format!(
+                "({i}, {}, {window}, {})",
+                counter.key_sql(*suffix),
+                counter.bucket_seconds
+            )
+        })
+        .collect();
+    format!(
+        "to_jsonb(ARRAY(
+             SELECT ARRAY[k.i, extract(epoch FROM r.bucket_start),
+                          extract(epoch FROM {now} - r.last_at), r.hits]::float8[]
+             FROM (VALUES {}) AS k (i, key, win, width)
+             JOIN auth.rate_counters r ON r.key = k.key
+              AND r.bucket_start > {now} - make_interval(secs => k.win + k.width)
+              AND r.last_at > {now} - make_interval(secs => k.win)))",
+        keys.join(", ")
+    )
+}
+
+/// Counter rows as [`counter_rows_sql`] reads them.
+pub type CounterRows = Vec<[f64; 4]>;
 
 /// The phone's user, if any: who a code request is for.
 #[derive(Debug, Deserialize)]
@@ -77,17 +106,14 @@ pub struct Recipient {
     pub locale: String,
 }
 
-/// Counter rows as `Counter::rows_sql` reads them.
-pub type CounterRows = Vec<(f64, f64, f64)>;
-
 #[derive(Deserialize)]
 struct Admission {
     recipient: Option<Recipient>,
-    /// Ages of the phone's requests in its window, newest first.
+    /// Ages of the phone's latest requests, newest first: those inside the longer of its
+    /// window and the cooldown, as many as the larger of its limit and one.
     phone: Vec<f64>,
-    last: Option<f64>,
-    ip: CounterRows,
-    global: CounterRows,
+    /// The per-IP and the global counters.
+    counters: CounterRows,
 }
 
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -98,14 +124,16 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
                           FROM auth.users u WHERE u.phone = $1),
             'phone', to_jsonb(ARRAY(
                 SELECT extract(epoch FROM now() - created_at)::float8 FROM auth.send_events
-                WHERE phone = $1 AND created_at > now() - make_interval(secs => $2)
-                ORDER BY created_at DESC LIMIT $3)),
-            'last', (SELECT extract(epoch FROM now() - created_at)::float8
-                     FROM auth.send_events WHERE phone = $1 ORDER BY created_at DESC LIMIT 1),
-            'ip', CASE WHEN $4::inet IS NULL THEN '[]'::jsonb ELSE {ip} END,
-            'global', {global})",
-        ip = SEND_IP.rows_sql(Some("host($4::inet)"), "$5", "now()"),
-        global = BUDGET.rows_sql(None, "3600", "now()"),
+                WHERE phone = $1 AND created_at > now() - make_interval(secs => greatest($2, $6))
+                ORDER BY created_at DESC LIMIT greatest($3, 1))),
+            'counters', {counters})",
+        counters = counter_rows_sql(
+            &[
+                (&SEND_IP, Some("host($4::inet)"), "$5"),
+                (&BUDGET, None, "3600")
+            ],
+            "now()"
+        ),
         blocked = crate::session::USER_BLOCKED,
     )
 });
@@ -126,21 +154,29 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
             cfg.sms_rate_per_phone.into(),
             db::opt_text(ip),
             cfg.sms_rate_per_ip_window.into(),
+            cfg.resend_cooldown.into(),
         ],
     )?
     .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
+    let [ip_rows, budget_rows] =
+        <[_; 2]>::try_from(ratelimit::rows_per_key(&u.counters, 2)).unwrap_or_default();
 
     let too_many = "Too many codes were requested for this phone number.";
-    if let Some(s) = ratelimit::cooldown_retry_after(u.last, cfg.resend_cooldown as f64) {
+    if let Some(s) =
+        ratelimit::cooldown_retry_after(u.phone.first().copied(), cfg.resend_cooldown as f64)
+    {
         return Err(AuthError::rate_limited(
             "over-sms-send-rate-limit",
             "A new code can be requested shortly.",
             s,
         ));
     }
-    let oldest_first: Vec<f64> = u.phone.iter().rev().copied().collect();
     if let Some(s) = ratelimit::sliding_window_retry_after(
-        &oldest_first,
+        &ratelimit::window_oldest_first(
+            &u.phone,
+            cfg.sms_rate_per_phone,
+            cfg.sms_rate_per_phone_window as f64,
+        ),
         cfg.sms_rate_per_phone,
         cfg.sms_rate_per_phone_window as f64,
     ) {
@@ -152,7 +188,7 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
     }
     if ip.is_some() {
         if let Some(s) = ratelimit::bucketed_retry_after(
-            &ratelimit::buckets_of_shards(&u.ip),
+            &ratelimit::buckets_of_shards(&ip_rows),
             cfg.sms_rate_per_ip,
             cfg.sms_rate_per_ip_window as f64,
         ) {
@@ -164,7 +200,7 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
         }
     }
     if let Some(s) = ratelimit::bucketed_retry_after(
-        &ratelimit::buckets_of_shards(&u.global),
+        &ratelimit::buckets_of_shards(&budget_rows),
         cfg.sms_budget_per_hour,
         3600.0,
     ) {

@@ -156,7 +156,7 @@ struct LiveCode {
 #[derive(Deserialize)]
 struct Guess {
     code: Option<LiveCode>,
-    /// The client address's recent failures, as `Counter::rows_sql` reads them.
+    /// The client address's recent failures, as `outbox::counter_rows_sql` reads them.
     ip_failures: outbox::CounterRows,
 }
 
@@ -173,8 +173,11 @@ static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
                         AND ($5::uuid IS NULL OR user_id = $5::uuid)
                         AND consumed_at IS NULL AND invalidated_at IS NULL
                       ORDER BY created_at DESC LIMIT 1),
-             'ip_failures', CASE WHEN $3::inet IS NULL THEN '[]'::jsonb ELSE {} END)",
-        VERIFY_IP.rows_sql(Some("host($3::inet)"), "$4", "clock_timestamp()")
+             'ip_failures', {})",
+        outbox::counter_rows_sql(
+            &[(&VERIFY_IP, Some("host($3::inet)"), "$4")],
+            "clock_timestamp()"
+        )
     )
 });
 
@@ -235,9 +238,10 @@ pub(crate) fn judge_code(
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
-fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
+fn check_verify_rate(cfg: &Config, failures: &[[f64; 4]]) -> Result<()> {
+    let [failures] = <[_; 1]>::try_from(ratelimit::rows_per_key(failures, 1)).unwrap_or_default();
     match ratelimit::bucketed_retry_after(
-        &ratelimit::buckets_of_shards(failures),
+        &ratelimit::buckets_of_shards(&failures),
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
     ) {

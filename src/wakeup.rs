@@ -25,6 +25,12 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// NOTIFY on the dispatcher's channel, sent when the current transaction commits.
+pub fn notify_dispatcher(payload: &str) {
+    let payload = std::ffi::CString::new(payload).unwrap_or_default();
+    unsafe { Async_Notify(c"pg_otp_auth_outbox".as_ptr(), payload.as_ptr()) };
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
@@ -33,7 +39,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                 HAND_OVER.set(true);
             } else {
                 // Still inside the transaction: notify as it commits.
-                unsafe { Async_Notify(c"pg_otp_auth_outbox".as_ptr(), c"".as_ptr()) };
+                notify_dispatcher("");
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {

@@ -61,6 +61,34 @@ pub fn buckets_of_shards(rows: &[(f64, f64, f64)]) -> Vec<(f64, i64)> {
     buckets.into_iter().map(|(_, age, n)| (age, n)).collect()
 }
 
+/// The newest `limit` of a key's events still inside the window, oldest first (what
+/// [`sliding_window_retry_after`] takes), from the ages of its latest events newest first, as a
+/// backward index scan reads them. That read may reach further back than the window (the same
+/// read finds the last event for a cooldown).
+pub fn window_oldest_first(newest_first: &[f64], limit: i64, window_seconds: f64) -> Vec<f64> {
+    let mut ages: Vec<f64> = newest_first
+        .iter()
+        .copied()
+        .filter(|age| *age < window_seconds)
+        .take(limit.max(0) as usize)
+        .collect();
+    ages.reverse();
+    ages
+}
+
+/// Counter rows of several keys read together, `[key, bucket, age of the row's latest event,
+/// events]` with `key` the position of the row's key in the read, split per key (`keys` of
+/// them), each as [`buckets_of_shards`] takes.
+pub fn rows_per_key(rows: &[[f64; 4]], keys: usize) -> Vec<Vec<(f64, f64, f64)>> {
+    let mut per_key = vec![Vec::new(); keys];
+    for &[key, bucket, age, events] in rows {
+        if let Some(k) = per_key.get_mut(key as usize) {
+            k.push((bucket, age, events));
+        }
+    }
+    per_key
+}
+
 /// `None` when the cooldown has passed since the last event (or there was none).
 pub fn cooldown_retry_after(last_event_age: Option<f64>, cooldown_seconds: f64) -> Option<i64> {
     match last_event_age {
@@ -133,6 +161,46 @@ mod tests {
             bucketed_retry_after(&buckets_of_shards(&rows), 6, 3600.0),
             Some(2650)
         );
+    }
+
+    #[test]
+    fn the_window_keeps_the_newest_events_inside_it_oldest_first() {
+        // Read over a longer cooldown: the 400 s old event is outside a 300 s window.
+        assert_eq!(
+            window_oldest_first(&[5.0, 100.0, 400.0], 3, 300.0),
+            vec![100.0, 5.0]
+        );
+        assert_eq!(
+            window_oldest_first(&[5.0, 100.0, 200.0], 2, 300.0),
+            vec![100.0, 5.0]
+        );
+        assert_eq!(window_oldest_first(&[5.0], 0, 300.0), Vec::<f64>::new());
+        assert_eq!(window_oldest_first(&[], 3, 300.0), Vec::<f64>::new());
+        assert_eq!(
+            sliding_window_retry_after(
+                &window_oldest_first(&[5.0, 100.0, 400.0], 2, 300.0),
+                2,
+                300.0
+            ),
+            Some(200)
+        );
+    }
+
+    #[test]
+    fn rows_read_together_are_split_by_their_key() {
+        let rows = [
+            [1.0, 900.0, 10.0, 2.0],
+            [0.0, 60.0, 3.0, 1.0],
+            [1.0, 1800.0, 1.0, 4.0],
+        ];
+        assert_eq!(
+            rows_per_key(&rows, 2),
+            vec![
+                vec![(60.0, 3.0, 1.0)],
+                vec![(900.0, 10.0, 2.0), (1800.0, 1.0, 4.0)]
+            ]
+        );
+        assert_eq!(rows_per_key(&[], 2), vec![vec![], vec![]]);
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 /// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
 /// (as mfa_challenge_and_verify makes) must not reset the count.
 fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
-    // Newest first, without an aggregate (see outbox::Counter::rows_sql).
+    // Newest first, without an aggregate (see outbox::counter_rows_sql).
     let newest_first: Vec<f64> = db::row_as(
         "SELECT to_jsonb(ARRAY(
              SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM auth.audit_log
@@ -125,9 +125,12 @@ fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result
         ],
     )?
     .unwrap_or_default();
-    let ages: Vec<f64> = newest_first.into_iter().rev().collect();
     match ratelimit::sliding_window_retry_after(
-        &ages,
+        &ratelimit::window_oldest_first(
+            &newest_first,
+            cfg.mfa_failure_limit,
+            cfg.mfa_failure_window as f64,
+        ),
         cfg.mfa_failure_limit,
         cfg.mfa_failure_window as f64,
     ) {
