@@ -197,6 +197,35 @@ def pgbench(script, clients, duration=None, transactions=None, defines=None, log
     return r
 
 
+def merge_runs(runs):
+    """One result from a workload's interleaved rounds for one variant: transactions, failures
+    and answers add up; TPS is all transactions over all measured time (each round's
+    transactions over its own TPS); latencies are weighted by transactions."""
+    if len(runs) == 1:
+        return dict(runs[0], rounds_tps=[runs[0]["tps"]])
+    r = dict(runs[-1])
+    tx = sum(x["tx"] for x in runs)
+    seconds = sum(x["tx"] / x["tps"] for x in runs if x["tps"] > 0)
+    r["tx"] = tx
+    r["tps"] = tx / seconds if seconds > 0 else 0.0
+    r["failed"] = sum(x["failed"] for x in runs)
+    r["aborted"] = sum(x["aborted"] for x in runs)
+    r["rc"] = max((x["rc"] for x in runs), key=lambda c: c != 0)
+    r["errors"] = [e for x in runs for e in x["errors"]][:10]
+    notices = {}
+    for x in runs:
+        for k, n in x["notices"].items():
+            notices[k] = notices.get(k, 0) + n
+    r["notices"] = notices
+    lat = [(x["lat_avg_ms"], x["tx"]) for x in runs if x["lat_avg_ms"] is not None]
+    r["lat_avg_ms"] = sum(l * n for l, n in lat) / max(1, sum(n for _, n in lat)) if lat else None
+    if all(len(x["statements"]) == len(runs[0]["statements"]) for x in runs):
+        r["statements"] = [dict(st, ms=sum(x["statements"][i]["ms"] * x["tx"] for x in runs) / max(1, tx))
+                           for i, st in enumerate(runs[0]["statements"])]
+    r["rounds_tps"] = [x["tps"] for x in runs]
+    return r
+
+
 # --------------------------------------------------------------------------------------------
 
 def guarded(fn):
@@ -220,6 +249,9 @@ class Bench:
         self.db = Db()
         smoke = args.smoke
         self.duration = args.duration or (2 if smoke else 20)
+        # Each variant's time is split into rounds, variants taking turns (A B C, C B A, …), so
+        # that the machine's slower and faster spells fall on every variant alike.
+        self.rounds = args.rounds or max(1, min(5, self.duration // 4))
         self.c_low = args.clients or 2
         self.c_high = args.clients_high or 16
         self.pool = 200 if smoke else 2000                       # phones per client
@@ -321,28 +353,38 @@ class Bench:
 
     @guarded
     def tps_workload(self, wid, title, how, script, clients, variants=VARIANTS, defines=None,
-                     setup=None, post=None, reset=True, expect_notices=()):
+                     setup=None, post=None, reset=True, expect_notices=(), rounds=None):
+        """Runs the workload for each variant, `rounds` turns each (interleaved: A B C, C B A,
+        …) of duration / rounds seconds; workloads that carry state from one transaction to the
+        next (refresh tokens, TOTP steps) run in one round."""
         if not self.wanted(wid):
             return
-        log(f"{wid}: {title} ({clients} clients, {self.duration} s each)")
-        w = {"id": wid, "title": title, "kind": "tps", "clients": clients, "duration": self.duration,
-             "load_start": machine_load(),
+        rounds = rounds or self.rounds
+        seconds = max(2, round(self.duration / rounds)) if rounds > 1 else self.duration
+        log(f"{wid}: {title} ({clients} clients, {rounds} x {seconds} s each)")
+        w = {"id": wid, "title": title, "kind": "tps", "clients": clients, "duration": seconds * rounds,
+             "rounds": rounds, "load_start": machine_load(),
              "how": how, "script": script.replace("{v}", "*"), "results": {}}
         if reset:
             self.reset(variants)
         if setup:
             setup(w)
         self.settle()
+        runs = {v: [] for v in variants}
+        for i in range(rounds):
+            for v in (variants if i % 2 == 0 else variants[::-1]):
+                d = dict(defines(v) if callable(defines) else (defines or {}))
+                runs[v].append(pgbench(script.format(v=v), clients, duration=seconds, defines=d))
+                self.db.q("CHECKPOINT")
         for v in variants:
-            d = dict(defines(v) if callable(defines) else (defines or {}))
-            r = pgbench(script.format(v=v), clients, duration=self.duration, defines=d)
+            r = merge_runs(runs[v])
             self.check_run(wid, v, r, expect_notices)
             if post:
                 post(v, r)
             w["results"][v] = r
             r["load_end"] = machine_load()
-            log(f"   {v:8s} {r['tps']:10.1f} tps  tx={r['tx']} failed={r['failed']} {r['notices'] or ''}")
-            self.db.q("CHECKPOINT")
+            spread = "" if rounds == 1 else " rounds " + "/".join(f"{t:.0f}" for t in r["rounds_tps"])
+            log(f"   {v:8s} {r['tps']:10.1f} tps  tx={r['tx']} failed={r['failed']} {r['notices'] or ''}{spread}")
         self.results["workloads"].append(w)
         return w
 
@@ -374,7 +416,7 @@ class Bench:
             "refresh", "refresh a session",
             f"{c1} users signed in once through each variant's API at setup; each client rotates its own "
             "session's refresh token (keeps the newest) in a PostgREST-style transaction.",
-            "refresh_{v}.sql", c1, defines={"tok": "none"}, setup=lambda w: self.setup_refresh(c1))
+            "refresh_{v}.sql", c1, defines={"tok": "none"}, setup=lambda w: self.setup_refresh(c1), rounds=1)
         # d) wrong codes
         self.tps_workload(
             "wrong_code", f"wrong-code guesses, {c2} clients",
@@ -390,7 +432,7 @@ class Bench:
             "next unused user, computes the current code with auth.totp(secret) (superuser) and calls the "
             "verification with role authenticated and the session's claims (as PostgREST does).",
             "mfa_{v}.sql", c1, defines={"i": 0, "nclients": c1, "mpool": self.mpool},
-            setup=self.setup_mfa, post=self.post_mfa)
+            setup=self.setup_mfa, post=self.post_mfa, rounds=1)
         # send cost vs budget and history
         if self.wanted("send_budget"):
             self.send_history_study(c1)
@@ -829,7 +871,7 @@ class Bench:
             "git_subject": sh("git log -1 --format=%s"),
             "git_dirty": [l for l in dirty.splitlines() if l],
             "settings": settings,
-            "duration": self.duration, "clients_low": self.c_low, "clients_high": self.c_high,
+            "duration": self.duration, "rounds": self.rounds, "clients_low": self.c_low, "clients_high": self.c_high,
             "pool_per_client": self.pool, "wrong_code_pool": self.wpool, "mfa_pool": self.mpool,
         }
 
@@ -878,6 +920,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--duration", type=int)
+    ap.add_argument("--rounds", type=int)
     ap.add_argument("--clients", type=int)
     ap.add_argument("--clients-high", type=int)
     ap.add_argument("--history-sizes")

@@ -100,8 +100,13 @@ def markdown(res):
     # ---- throughput
     w("## Throughput")
     w("")
-    w(f"pgbench `-M prepared`, {m['duration']} s per variant and workload, transactions per second "
-      "(a transaction is one complete user action: one send, one whole sign-in, …). Higher is better; "
+    rounds = m.get("rounds", 1)
+    turns = (f", in {rounds} rounds in which the variants take turns (FLOOR PLPGSQL PRODUCT, then PRODUCT "
+             "PLPGSQL FLOOR, …) so that the shared machine's slower and faster spells fall on all of them; "
+             "refresh and MFA, which carry state from one transaction to the next, in one" if rounds > 1 else "")
+    w(f"pgbench `-M prepared`, {m['duration']} s per variant and workload{turns}. Transactions per second "
+      "(a transaction is one complete user action: one send, one whole sign-in, …), all of a variant's "
+      "transactions over all its measured time. Higher is better; "
       "the ratios are PRODUCT's TPS over the baseline's (below 1× = the product is slower).")
     w("")
     w("| workload | clients | FLOOR tps | PLPGSQL tps | PRODUCT tps | product / floor | product / plpgsql | errors (floor; plpgsql; product) | other work on the machine |")
@@ -113,6 +118,16 @@ def markdown(res):
           f"{num(t['product'])} | {ratio(t['product'], t['floor'])} | {ratio(t['product'], t['plpgsql'])} | "
           f"{'; '.join(errors_cell(r.get(v)) for v in VARIANTS)} | {busy(wl, m['nproc']) or 'none'} |")
     w("")
+    multi = [wl for wl in tps_rows(res) if wl.get("rounds", 1) > 1]
+    if multi:
+        w("TPS of each round (PRODUCT / FLOOR), to show the spread:")
+        w("")
+        for wl in multi:
+            r = wl["results"]
+            if "product" in r and "floor" in r:
+                w(f"- `{wl['id']}`: " + ", ".join(f"{p:,.0f} / {f:,.0f}" for p, f in
+                                                   zip(r["product"].get("rounds_tps", []), r["floor"].get("rounds_tps", []))))
+        w("")
     w("Average latency per transaction (ms, from pgbench):")
     w("")
     w("| workload | FLOOR | PLPGSQL | PRODUCT |")
@@ -137,8 +152,8 @@ def markdown(res):
             w(f"| {NAMES[v]} | {num(r['tx'])} | {num(r.get('counted_attempts'))} | {num(r.get('audit_rows'))} | "
               f"{num(r.get('pt503', 0))} | {other or 'none'} |")
         w("")
-        w("Counts can exceed the transactions by up to the client count: calls still running when pgbench's "
-          "timer ends are recorded but not counted as transactions. A code's own counter stops at "
+        w("Counts can exceed the transactions by up to the client count per round: calls still running when "
+          "pgbench's timer ends are recorded but not counted as transactions. A code's own counter stops at "
           "`otp_max_attempts` (5): guesses at a code already dead are recorded by their audit row only "
           "(`no_live_code` in the product), so the audit rows are the count to compare.")
         w("")
@@ -304,7 +319,7 @@ def markdown(res):
       f"preloaded (`shared_preload_libraries`): {'yes' if m['preload'] else 'no'}.")
     w(f"- Dispatcher binary: `{m['dispatcher']}`.")
     w(f"- pgbench: `-M prepared`, `-j min(clients, nproc)`, {m['clients_low']} and {m['clients_high']} clients, "
-      f"`-T {m['duration']}` per variant; latency runs `-c 1 -t N -l`. Phones per client: {m['pool_per_client']:,}; "
+      f"`-T {m['duration']}` per variant (in {m.get('rounds', 1)} rounds); latency runs `-c 1 -t N -l`. Phones per client: {m['pool_per_client']:,}; "
       f"wrong-code pool {m['wrong_code_pool']:,}.")
     w("- Throwaway cluster (initdb, trust auth, TCP 127.0.0.1); settings that matter:")
     w("")

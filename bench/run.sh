@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pg_otp_auth benchmark: one command.
 #
-#   bash bench/run.sh [--no-build] [--smoke] [--duration SECONDS] [--clients N] [--clients-high N]
+#   bash bench/run.sh [--no-build] [--smoke] [--duration SECONDS] [--rounds N] [--clients N] [--clients-high N]
 #                     [--preload] [--max-worker-processes N] [--history-sizes 10000,1000000]
 #                     [--send-history N] [--dispatcher-messages N] [--only IDS] [--report PATH]
 #
@@ -12,6 +12,9 @@
 # pg-otp-dispatcher against a local webhook receiver, prints a table and writes
 # docs/BENCHMARKS.md (smoke runs write to a temp file, or $BENCH_REPORT / --report).
 #
+# --duration: seconds per variant and workload, run in --rounds turns (default duration / 4, at
+# most 5) in which the variants take turns (A B C, C B A, ...): noise on a shared machine then
+# falls on every variant alike. Refresh and MFA carry state between transactions: one round.
 # --smoke: seconds per workload, small N everywhere, no 1M-row history; exits non-zero if a
 # workload produced no successful transaction or an unexpected error.
 # --only send,signin,...: only these workloads (ids as in the report, a prefix selects a family;
@@ -37,7 +40,7 @@ while [ $# -gt 0 ]; do
         --max-worker-processes) MAX_WORKERS="$2"; shift ;;
         --report) BENCH_REPORT="$2"; shift ;;
         --only) ONLY="$2"; DRIVER_ARGS+=("$1" "$2"); shift ;;
-        --duration|--clients|--clients-high|--history-sizes|--send-history|--dispatcher-messages)
+        --duration|--rounds|--clients|--clients-high|--history-sizes|--send-history|--dispatcher-messages)
             DRIVER_ARGS+=("$1" "$2"); shift ;;
         -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;

@@ -17,8 +17,8 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::JsonB;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 pub type Arg<'a> = DatumWithOid<'a>;
 
@@ -28,24 +28,25 @@ fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
     AuthError::internal("An internal database call failed.")
 }
 
-/// A statement's text, its arguments' type oids, and whether it may write.
-type PlanKey = (String, Vec<u32>, bool);
-
 /// Executions of a kept plan before it is prepared afresh: 16 at first, four times more after
 /// each renewal (tables grow fastest, relative to their size, when they are new), then at most
 /// `REPLAN_AFTER`.
 const FIRST_REPLAN: u32 = 16;
 const REPLAN_AFTER: u32 = 1024;
 
+/// A kept plan of a statement, for its arguments' type oids and mode (may it write).
 struct Kept {
+    oids: Vec<u32>,
+    mutating: bool,
     plan: OwnedPreparedStatement,
     uses: u32,
     renew_at: u32,
 }
 
 thread_local! {
-    /// Kept plans, one per statement and argument types (read-only execution apart).
-    static PLANS: RefCell<HashMap<PlanKey, Kept>> = RefCell::new(HashMap::new());
+    /// Kept plans by statement text. Looked up by the text without copying it (statements run
+    /// to a few kilobytes), with a hash cheaper than SipHash over that much text.
+    static PLANS: RefCell<FxHashMap<String, Vec<Kept>>> = RefCell::new(FxHashMap::default());
 }
 
 /// Runs `f` with the kept plan of `sql` for `args`' types, preparing it on first use.
@@ -55,15 +56,21 @@ fn with_plan<R>(
     mutating: bool,
     f: impl FnOnce(&OwnedPreparedStatement) -> Result<R>,
 ) -> Result<R> {
-    let oids: Vec<u32> = args.iter().map(|a| a.oid().to_u32()).collect();
-    let key = (sql.to_string(), oids, mutating);
-    let cached = PLANS.with(|p| p.borrow_mut().remove(&key));
-    let kept = match cached {
-        Some(k) if k.uses < k.renew_at => k,
+    // Taken out while it runs (a statement may call back into this library) and put back after.
+    let (text, mut kept) = PLANS
+        .with(|p| p.borrow_mut().remove_entry(sql))
+        .unwrap_or_else(|| (sql.to_string(), Vec::new()));
+    let found = kept.iter().position(|k| {
+        k.mutating == mutating
+            && k.oids.len() == args.len()
+            && k.oids.iter().zip(args).all(|(o, a)| *o == a.oid().to_u32())
+    });
+    let plan = match found.map(|i| kept.swap_remove(i)) {
+        Some(k) if k.uses < k.renew_at => Ok(k),
         stale => {
             let renew_at = stale.map_or(FIRST_REPLAN, |k| (k.renew_at * 4).min(REPLAN_AFTER));
             let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-            let prepared = Spi::connect(|client| {
+            Spi::connect(|client| {
                 if mutating {
                     client.prepare_mut(sql, &types)
                 } else {
@@ -71,25 +78,29 @@ fn with_plan<R>(
                 }
                 .map(|p| p.keep())
             })
-            .map_err(spi_error)?;
-            Kept {
-                plan: prepared,
+            .map_err(spi_error)
+            .map(|plan| Kept {
+                oids: args.iter().map(|a| a.oid().to_u32()).collect(),
+                mutating,
+                plan,
                 uses: 0,
                 renew_at,
-            }
+            })
         }
     };
-    // Put back before the result is looked at: an error must not lose the plan.
-    let result = f(&kept.plan);
-    PLANS.with(|p| {
-        p.borrow_mut().insert(
-            key,
-            Kept {
-                uses: kept.uses + 1,
-                ..kept
-            },
-        )
-    });
+    let result = match plan {
+        Ok(k) => {
+            // Put back before the result is looked at: an error must not lose the plan.
+            let result = f(&k.plan);
+            kept.push(Kept {
+                uses: k.uses + 1,
+                ..k
+            });
+            result
+        }
+        Err(e) => Err(e),
+    };
+    PLANS.with(|p| p.borrow_mut().insert(text, kept));
     result
 }
 
