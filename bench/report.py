@@ -39,19 +39,16 @@ def errors_cell(r):
 
 
 def busy(wl, nproc):
-    """'' if the machine was quiet during the workload, else what else was going on."""
+    """'' if no other work (compilers, test runs, other clusters) was seen on the machine during
+    the workload, else what. The load average is not evidence: the workload's own clients and
+    backends raise it above the CPU count whenever they outnumber the CPUs."""
     if not wl.get("load_start"):
         return ""
     others = set(wl["load_start"]["others"])
-    loads = [wl["load_start"]["load1"]]
     for r in wl["results"].values():
         if r.get("load_end"):
             others.update(r["load_end"]["others"])
-            loads.append(r["load_end"]["load1"])
-    if not others and max(loads) <= nproc:
-        return ""
-    parts = sorted(others) + ([f"load up to {max(loads):.1f}"] if max(loads) > nproc else [])
-    return ", ".join(parts)
+    return ", ".join(sorted(others))
 
 
 def tps_rows(results):
@@ -75,13 +72,13 @@ def markdown(res):
     if noisy:
         w(f"> **Note:** other work ran on this {m['nproc']}-CPU machine during {len(noisy)} of "
           f"{len(res['workloads'])} workloads ({', '.join(noisy)}; see *Machine load during the runs*). Their "
-          "numbers are not comparable with the other workloads' and the variants' ratios are skewed too "
-          "(the variants of a workload run one after another, not at the same time).")
+          "numbers are not comparable with the other workloads' and the variants' ratios may be skewed too "
+          "(the variants take turns, which evens such skew out only as far as it lasts across the rounds).")
         w("")
     for warning in res.get("warnings", []):
         w(f"> **Warning:** {warning}")
         w("")
-    w("Three variants run side by side, back to back, on the same server in the same run:")
+    w("Three variants run side by side on the same server in the same run, taking turns:")
     w("")
     w("- **FLOOR**: the same table writes the product does per call, with no logic (no hashing, no JWT, no "
       "limit checks, no locks): the same rows on tables with the product's indexes (a send also bumps the "

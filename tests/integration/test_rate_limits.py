@@ -29,6 +29,21 @@ def test_resend_cooldown_defaults_to_60_seconds(db):
     assert len(db.outbox(PHONE)) == 2
 
 
+def test_a_cooldown_longer_than_the_per_phone_window_still_binds(db):
+    """The cooldown and the per-phone window are read together, back to the longer of the two."""
+    db.q("SELECT auth.set_setting('resend_cooldown', '600')")
+    db.q("SELECT auth.reset_setting('sms_rate_per_phone_window')")  # 300 s
+    db.rpc("send_sms_otp", phone=PHONE)
+    # Outside the window, inside the cooldown.
+    db.q("UPDATE auth.send_events SET created_at = created_at - interval '400 seconds'")
+    with raises_auth(429, "over-sms-send-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone=PHONE)
+    assert 195 <= retry_seconds(exc) <= 200
+    db.q("UPDATE auth.send_events SET created_at = created_at - interval '201 seconds'")
+    db.rpc("send_sms_otp", phone=PHONE)
+    assert len(db.outbox(PHONE)) == 2
+
+
 def test_per_phone_limit_defaults_to_3_per_5_minutes(db):
     db.q("SELECT auth.reset_setting('sms_rate_per_phone')")
     for _ in range(3):
