@@ -15,9 +15,9 @@ use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::JsonB;
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 
 pub type Arg<'a> = DatumWithOid<'a>;
