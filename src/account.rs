@@ -24,7 +24,10 @@ const PHONE_CHANGED_NOTICE: &str =
 /// The user object, as sessions carry it.
 pub fn user_json(user_id: &str) -> Result<Value> {
     db::row(
-        &format!("SELECT {USER_JSON} FROM auth.users u WHERE u.id = $1::uuid"),
+        &format!(
+            "SELECT {} FROM auth.users u WHERE u.id = $1::uuid",
+            *USER_JSON
+        ),
         &[db::text(user_id)],
     )?
     .ok_or_else(user_not_found)

@@ -22,10 +22,11 @@ const ACTOR: &str =
 /// The user object with what only an administrator sees.
 static ADMIN_USER_JSON: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "({USER_JSON} || jsonb_build_object(
+        "({} || jsonb_build_object(
              'phone_confirmed_at', u.phone_confirmed_at, 'disabled', u.disabled,
              'banned_until', u.banned_until, 'deleted_at', u.deleted_at,
-             'updated_at', u.updated_at))"
+             'updated_at', u.updated_at))",
+        *USER_JSON
     )
 });
 

@@ -104,55 +104,96 @@ fn with_plan<R>(
     result
 }
 
-/// All rows of a query whose single column is jsonb.
-pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
-    with_plan(sql, args, true, |plan| rows_of(plan, args))
+/// Hands `f` the text of a json or jsonb datum: json's own bytes, jsonb's output form.
+///
+/// # Safety
+/// `datum` must be a valid json (`type_oid` JSONOID) or jsonb value.
+unsafe fn with_json_text<R>(
+    datum: pg_sys::Datum,
+    type_oid: pg_sys::Oid,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    unsafe {
+        if type_oid == pg_sys::JSONOID {
+            let stored = datum.cast_mut_ptr::<pg_sys::varlena>();
+            let detoasted = pg_sys::pg_detoast_datum_packed(stored);
+            let text = std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(detoasted).cast::<u8>(),
+                pgrx::varlena::varsize_any_exhdr(detoasted),
+            );
+            let result = f(text);
+            if detoasted != stored {
+                pg_sys::pfree(detoasted.cast());
+            }
+            result
+        } else {
+            let text =
+                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
+                    .unwrap_or_default();
+            let result = f(text.to_bytes());
+            pg_sys::pfree(text.as_ptr().cast_mut().cast());
+            result
+        }
+    }
 }
 
-fn rows_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Vec<Value>> {
-    Spi::connect_mut(|client| {
-        let table = client.update(plan, None, args).map_err(spi_error)?;
-        let mut out = Vec::with_capacity(table.len());
-        for row in table {
-            if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
-                out.push(v);
+/// The rows of a statement whose single column is json or jsonb (NULLs skipped; at most
+/// `limit`), each parsed straight from its text into `T`. json results skip jsonb's binary
+/// form both ways (built, then printed), which the hot statements' results do not need.
+fn query<T: DeserializeOwned>(
+    sql: &str,
+    args: &[Arg],
+    mutating: bool,
+    limit: usize,
+) -> Result<Vec<T>> {
+    with_plan(sql, args, mutating, |plan| {
+        let read = |mut table: pgrx::spi::SpiTupleTable| -> Result<Vec<T>> {
+            let mut out = Vec::with_capacity(table.len().min(limit));
+            if table.is_empty() {
+                return Ok(out);
             }
+            let type_oid = table.column_type_oid(1).map_err(spi_error)?.value();
+            while out.len() < limit && table.next().is_some() {
+                let Some(datum) = table.get_datum_by_ordinal(1).map_err(spi_error)? else {
+                    continue;
+                };
+                let parsed = unsafe {
+                    with_json_text(datum, type_oid, |text| serde_json::from_slice::<T>(text))
+                };
+                out.push(
+                    parsed
+                        .map_err(|e| AuthError::internal(format!("Unexpected row shape: {e}")))?,
+                );
+            }
+            Ok(out)
+        };
+        if mutating {
+            Spi::connect_mut(|client| read(client.update(plan, None, args).map_err(spi_error)?))
+        } else {
+            Spi::connect(|client| read(client.select(plan, None, args).map_err(spi_error)?))
         }
-        Ok(out)
     })
+}
+
+/// All rows of a query whose single column is json or jsonb.
+pub fn rows(sql: &str, args: &[Arg]) -> Result<Vec<Value>> {
+    query(sql, args, true, usize::MAX)
 }
 
 /// A read-only query (SPI read-only mode). Unlike [`rows`], it does not make pgrx assign a
 /// transaction id, so it can ask whether the caller's transaction has written anything.
 pub fn read_row(sql: &str, args: &[Arg]) -> Result<Option<Value>> {
-    with_plan(sql, args, false, |plan| read_row_of(plan, args))
+    Ok(query(sql, args, false, 1)?.pop())
 }
 
-fn read_row_of(plan: &OwnedPreparedStatement, args: &[Arg]) -> Result<Option<Value>> {
-    Spi::connect(|client| {
-        let table = client.select(plan, None, args).map_err(spi_error)?;
-        for row in table {
-            if let Some(JsonB(v)) = row.get::<JsonB>(1).map_err(spi_error)? {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
-    })
-}
-
-/// The first row of a query whose single column is jsonb, if any.
+/// The first row of a query whose single column is json or jsonb, if any.
 pub fn row(sql: &str, args: &[Arg]) -> Result<Option<Value>> {
-    Ok(rows(sql, args)?.into_iter().next())
+    row_as(sql, args)
 }
 
 /// Like [`row`], deserialised.
 pub fn row_as<T: DeserializeOwned>(sql: &str, args: &[Arg]) -> Result<Option<T>> {
-    row(sql, args)?
-        .map(|v| {
-            serde_json::from_value(v)
-                .map_err(|e| AuthError::internal(format!("Unexpected row shape: {e}")))
-        })
-        .transpose()
+    Ok(query(sql, args, true, 1)?.pop())
 }
 
 /// A statement whose result is not needed.

@@ -65,7 +65,7 @@ fn backend_number() -> i32 {
 /// [`Counter::key_sql`]) and the SQL of the window in seconds.
 pub type KeyRead<'a> = (&'a Counter, Option<&'a str>, &'a str);
 
-/// A jsonb expression: the counter rows of the keys in `reads` still inside each one's window
+/// A json expression: the counter rows of the keys in `reads` still inside each one's window
 /// ending at `now`, `[[read, bucket, age of the row's latest event, events], …]` with `read` the
 /// position of the key in `reads` (split them with `ratelimit::rows_per_key`). One index scan
 /// per key reads at most (window / bucket_seconds + 1) x shards rows, with no aggregate:
@@ -84,7 +84,7 @@ pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
         })
         .collect();
     format!(
-        "to_jsonb(ARRAY(
+        "to_json(ARRAY(
              SELECT ARRAY[k.i, extract(epoch FROM r.bucket_start),
                           extract(epoch FROM {now} - r.last_at), r.hits]::float8[]
              FROM (VALUES {}) AS k (i, key, win, width)
@@ -118,11 +118,11 @@ struct Admission {
 
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT jsonb_build_object(
-            'recipient', (SELECT jsonb_build_object('id', u.id, 'locale', u.locale,
+        "SELECT json_build_object(
+            'recipient', (SELECT json_build_object('id', u.id, 'locale', u.locale,
                                                     'disabled', {blocked})
                           FROM auth.users u WHERE u.phone = $1),
-            'phone', to_jsonb(ARRAY(
+            'phone', to_json(ARRAY(
                 SELECT extract(epoch FROM now() - created_at)::float8 FROM auth.send_events
                 WHERE phone = $1 AND created_at > now() - make_interval(secs => greatest($2, $6))
                 ORDER BY created_at DESC LIMIT greatest($3, 1))),
@@ -261,9 +261,9 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
              WHERE $11::text IS NOT NULL
              RETURNING id, expires_at)
          SELECT coalesce(
-             (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM message),
-             (SELECT jsonb_build_object('id', id, 'expires_at', expires_at) FROM code),
-             jsonb_build_object('id', auth._uuid_v7(),
+             (SELECT json_build_object('id', id, 'expires_at', expires_at) FROM message),
+             (SELECT json_build_object('id', id, 'expires_at', expires_at) FROM code),
+             json_build_object('id', auth._uuid_v7(),
                                 'expires_at', now() + make_interval(secs => $10)))",
         ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
         budget_key = BUDGET.key_sql(None),

@@ -164,8 +164,8 @@ struct Guess {
 /// against the client address.
 static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT jsonb_build_object(
-             'code', (SELECT jsonb_build_object('id', id, 'hash', encode(code_hash, 'hex'),
+        "SELECT json_build_object(
+             'code', (SELECT json_build_object('id', id, 'hash', encode(code_hash, 'hex'),
                                                 'attempts', attempts,
                                                 'live', expires_at > clock_timestamp())
                       FROM auth.otp_codes
@@ -290,7 +290,7 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          FROM signed_in si WHERE NOT si.totp
          RETURNING id, user_id, aal, amr),
      {TOKEN_CTE}
-     SELECT jsonb_build_object('user_id', (SELECT user_id FROM code),
+     SELECT json_build_object('user_id', (SELECT user_id FROM code),
                                'signed_in', EXISTS (SELECT 1 FROM signed_in),
                                'session', (SELECT {} FROM s JOIN signed_in u ON u.id = s.user_id))",
         *SESSION_ROW

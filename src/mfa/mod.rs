@@ -111,7 +111,7 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
     // Newest first, without an aggregate (see outbox::counter_rows_sql).
     let newest_first: Vec<f64> = db::row_as(
-        "SELECT to_jsonb(ARRAY(
+        "SELECT to_json(ARRAY(
              SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM auth.audit_log
              WHERE user_id = $1::uuid AND event IN ('mfa_verify_failed', 'mfa_signin_failed')
                AND detail ->> 'factor_id' = $2
