@@ -205,9 +205,10 @@ def merge_runs(runs):
         return dict(runs[0], rounds_tps=[runs[0]["tps"]])
     r = dict(runs[-1])
     tx = sum(x["tx"] for x in runs)
-    seconds = sum(x["tx"] / x["tps"] for x in runs if x["tps"] > 0)
+    timed = [x for x in runs if x["tps"] > 0]
+    seconds = sum(x["tx"] / x["tps"] for x in timed)
     r["tx"] = tx
-    r["tps"] = tx / seconds if seconds > 0 else 0.0
+    r["tps"] = sum(x["tx"] for x in timed) / seconds if seconds > 0 else 0.0
     r["failed"] = sum(x["failed"] for x in runs)
     r["aborted"] = sum(x["aborted"] for x in runs)
     r["rc"] = max((x["rc"] for x in runs), key=lambda c: c != 0)
@@ -220,7 +221,8 @@ def merge_runs(runs):
     lat = [(x["lat_avg_ms"], x["tx"]) for x in runs if x["lat_avg_ms"] is not None]
     r["lat_avg_ms"] = sum(l * n for l, n in lat) / max(1, sum(n for _, n in lat)) if lat else None
     if all(len(x["statements"]) == len(runs[0]["statements"]) for x in runs):
-        r["statements"] = [dict(st, ms=sum(x["statements"][i]["ms"] * x["tx"] for x in runs) / max(1, tx))
+        r["statements"] = [dict(st, ms=sum(x["statements"][i]["ms"] * x["tx"] for x in runs) / max(1, tx),
+                                failures=sum(x["statements"][i]["failures"] for x in runs))
                            for i, st in enumerate(runs[0]["statements"])]
     r["rounds_tps"] = [x["tps"] for x in runs]
     return r

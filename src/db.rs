@@ -127,9 +127,10 @@ unsafe fn with_json_text<R>(
             }
             result
         } else {
+            // jsonb_out never answers NULL for a value.
             let text =
                 pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
-                    .unwrap_or_default();
+                    .expect("jsonb_out answered NULL");
             let result = f(text.to_bytes());
             pg_sys::pfree(text.as_ptr().cast_mut().cast());
             result
@@ -149,10 +150,15 @@ fn query<T: DeserializeOwned>(
     with_plan(sql, args, mutating, |plan| {
         let read = |mut table: pgrx::spi::SpiTupleTable| -> Result<Vec<T>> {
             let mut out = Vec::with_capacity(table.len().min(limit));
-            if table.is_empty() {
+            // A statement without a result (no RETURNING) has no tuple table: no rows.
+            let Ok(type_oid) = table.column_type_oid(1).map(|t| t.value()) else {
                 return Ok(out);
+            };
+            if type_oid != pg_sys::JSONOID && type_oid != pg_sys::JSONBOID {
+                return Err(AuthError::internal(format!(
+                    "A statement answered type {type_oid:?} where json was expected."
+                )));
             }
-            let type_oid = table.column_type_oid(1).map_err(spi_error)?.value();
             while out.len() < limit && table.next().is_some() {
                 let Some(datum) = table.get_datum_by_ordinal(1).map_err(spi_error)? else {
                     continue;

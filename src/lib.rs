@@ -130,6 +130,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn statement_results_are_read_as_json_or_refused() {
+        use crate::db;
+        assert_eq!(
+            db::row("SELECT json_build_object('a', 1)", &[]).unwrap(),
+            Some(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            db::row("SELECT jsonb_build_object('b', true)", &[]).unwrap(),
+            Some(serde_json::json!({"b": true}))
+        );
+        // NULL rows are skipped: the first non-NULL one answers.
+        assert_eq!(
+            db::row(
+                "SELECT v FROM (VALUES (NULL::json), ('2'), ('3')) t (v)",
+                &[]
+            )
+            .unwrap(),
+            Some(serde_json::json!(2))
+        );
+        // Anything else is an error, not text read as jsonb.
+        let refused = db::row("SELECT 42", &[]).unwrap_err();
+        assert_eq!(refused.code, "internal-error");
+        // A statement without a result answers no row.
+        Spi::run("CREATE TEMP TABLE t (x int)").unwrap();
+        assert_eq!(db::row("INSERT INTO t VALUES (1)", &[]).unwrap(), None);
+    }
+
+    #[pg_test]
     fn settings_round_trip() {
         Spi::run("SELECT auth.set_setting('otp_ttl', '\"2 minutes\"')").unwrap();
         let v = Spi::get_one::<JsonB>("SELECT value FROM auth.settings() WHERE name = 'otp_ttl'")

@@ -45,8 +45,10 @@ impl Counter {
         }
     }
 
-    /// This backend's shard. Backends are numbered densely (the lowest free number first), so
-    /// up to `shards` concurrent writers never share a row, which process ids did not promise.
+    /// This backend's shard, from its backend number: numbers are small and reused, so
+    /// concurrent sessions spread over the shards. Process ids spread them only by chance, and
+    /// two sessions whose pids fell on one shard wrote the same row, waiting on each other's
+    /// commits, for as long as both lived.
     pub fn shard(&self) -> i32 {
         backend_number().rem_euclid(self.shards)
     }

@@ -28,7 +28,13 @@ thread_local! {
 /// NOTIFY on the dispatcher's channel, sent when the current transaction commits.
 pub fn notify_dispatcher(payload: &str) {
     let payload = std::ffi::CString::new(payload).unwrap_or_default();
-    unsafe { Async_Notify(c"pg_otp_auth_outbox".as_ptr(), payload.as_ptr()) };
+    // Guarded: an ERROR in it unwinds through the Rust frames as a panic instead of jumping
+    // over them.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            Async_Notify(c"pg_otp_auth_outbox".as_ptr(), payload.as_ptr())
+        })
+    };
 }
 
 #[pg_guard]
