@@ -88,18 +88,15 @@ fn with_plan<R>(
             })
         }
     };
-    let result = match plan {
-        Ok(k) => {
-            // Put back before the result is looked at: an error must not lose the plan.
-            let result = f(&k.plan);
-            kept.push(Kept {
-                uses: k.uses + 1,
-                ..k
-            });
-            result
-        }
-        Err(e) => Err(e),
-    };
+    let result = plan.and_then(|k| {
+        // Put back before the result is looked at: an error must not lose the plan.
+        let result = f(&k.plan);
+        kept.push(Kept {
+            uses: k.uses + 1,
+            ..k
+        });
+        result
+    });
     PLANS.with(|p| p.borrow_mut().insert(text, kept));
     result
 }

@@ -160,8 +160,7 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
         ],
     )?
     .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
-    let [ip_rows, budget_rows] =
-        <[_; 2]>::try_from(ratelimit::rows_per_key(&u.counters, 2)).unwrap_or_default();
+    let [ip_rows, budget_rows] = ratelimit::rows_per_key(&u.counters);
 
     let too_many = "Too many codes were requested for this phone number.";
     if let Some(s) =

@@ -409,7 +409,7 @@ pub extern "C-unwind" fn pg_otp_auth_recorder_main(arg: pg_sys::Datum) {
                         false,
                     )
                 };
-                crate::wakeup::notify_dispatcher("");
+                crate::wakeup::notify_dispatcher();
             });
             idle_since = Instant::now();
             last_notify = Some(idle_since);

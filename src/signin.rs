@@ -239,7 +239,7 @@ pub(crate) fn judge_code(
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
 fn check_verify_rate(cfg: &Config, failures: &[[f64; 4]]) -> Result<()> {
-    let [failures] = <[_; 1]>::try_from(ratelimit::rows_per_key(failures, 1)).unwrap_or_default();
+    let [failures] = ratelimit::rows_per_key(failures);
     match ratelimit::bucketed_retry_after(
         &ratelimit::buckets_of_shards(&failures),
         cfg.verify_rate_per_ip,

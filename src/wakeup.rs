@@ -25,14 +25,14 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// NOTIFY on the dispatcher's channel, sent when the current transaction commits.
-pub fn notify_dispatcher(payload: &str) {
-    let payload = std::ffi::CString::new(payload).unwrap_or_default();
+/// NOTIFY on the dispatcher's channel with an empty payload, sent when the current transaction
+/// commits.
+pub fn notify_dispatcher() {
     // Guarded: an ERROR in it unwinds through the Rust frames as a panic instead of jumping
     // over them.
     unsafe {
         pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            Async_Notify(c"pg_otp_auth_outbox".as_ptr(), payload.as_ptr())
+            Async_Notify(c"pg_otp_auth_outbox".as_ptr(), c"".as_ptr())
         })
     };
 }
@@ -45,7 +45,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                 HAND_OVER.set(true);
             } else {
                 // Still inside the transaction: notify as it commits.
-                notify_dispatcher("");
+                notify_dispatcher();
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
