@@ -109,3 +109,31 @@ def test_dispatcher_throughput_and_latency(smoke):
     m = re.search(r"\*\*p50 ([\d.,]+) ms, p99 ([\d.,]+) ms\*\*", md)
     assert m, "no dispatcher latency"
     assert number(m.group(1)) > 0 and number(m.group(2)) > 0
+
+
+def test_interleaved_rounds_merge_into_one_result():
+    """A variant's rounds (full runs take turns in several) add up: TPS is all transactions over
+    all measured time, latency is weighted by transactions, answers and failures are summed."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from driver import merge_runs
+
+    def run(tx, tps, lat, notices, failed=0, rc=0, stmt_failures=0):
+        return {"tx": tx, "tps": tps, "lat_avg_ms": lat, "failed": failed, "aborted": 0, "rc": rc,
+                "errors": [], "notices": notices,
+                "statements": [{"ms": lat, "failures": stmt_failures, "sql": "SELECT 1"}]}
+
+    merged = merge_runs([run(1000, 500.0, 2.0, {"PT503": 1}, stmt_failures=1),
+                         run(3000, 1000.0, 1.0, {"PT503": 2}, failed=2, rc=2, stmt_failures=2)])
+    assert merged["tx"] == 4000
+    assert merged["tps"] == pytest.approx(4000 / (2.0 + 3.0))  # 2 s and 3 s of measured time
+    assert merged["lat_avg_ms"] == pytest.approx((1000 * 2.0 + 3000 * 1.0) / 4000)
+    assert merged["notices"] == {"PT503": 3}
+    assert merged["failed"] == 2 and merged["rc"] == 2
+    assert merged["statements"][0]["failures"] == 3
+    assert merged["rounds_tps"] == [500.0, 1000.0]
+    # A round whose TPS could not be read does not count toward the TPS.
+    assert merge_runs([run(1000, 500.0, 2.0, {}), run(50, 0.0, 1.0, {})])["tps"] == pytest.approx(500.0)
+    single = merge_runs([run(10, 5.0, 1.0, {})])
+    assert single["tps"] == 5.0 and single["rounds_tps"] == [5.0]
