@@ -102,7 +102,6 @@ CREATE TABLE floor.audit_log (
 );
 CREATE INDEX audit_log_created ON floor.audit_log (created_at);
 CREATE INDEX audit_log_user ON floor.audit_log (user_id, created_at);
-CREATE INDEX audit_log_ip ON floor.audit_log (ip, created_at) WHERE ip IS NOT NULL;
 
 CREATE TABLE floor.mfa_factors (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -184,7 +184,6 @@ CREATE TABLE auth.audit_log (
 );
 CREATE INDEX audit_log_created ON auth.audit_log (created_at);
 CREATE INDEX audit_log_user ON auth.audit_log (user_id, created_at);
-CREATE INDEX audit_log_ip ON auth.audit_log (ip, created_at) WHERE ip IS NOT NULL;
 
 -- Second factors. A TOTP factor keeps its shared secret (readable by the extension owner only,
 -- never returned after enrollment) and the last time step it accepted, so no code is used twice.
