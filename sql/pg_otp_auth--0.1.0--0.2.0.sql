@@ -698,14 +698,6 @@ ALTER TABLE auth.audit_log ALTER COLUMN id SET DEFAULT auth._uuid_v7();
 ALTER TABLE auth.mfa_challenges ALTER COLUMN id SET DEFAULT auth._uuid_v7();
 ALTER TABLE auth.mfa_tickets ALTER COLUMN id SET DEFAULT auth._uuid_v7();
 
--- Sign-in judges the presented code inside its one statement (src/signin.rs): the stored and
--- presented hashes compared in constant time.
-CREATE FUNCTION auth."_hash_matches"("stored" bytea, "candidate" bytea) RETURNS bool
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'hash_matches_wrapper';
-REVOKE EXECUTE ON FUNCTION auth._hash_matches(bytea, bytea) FROM PUBLIC;
-
 -- The per-IP verification limit reads its counters (auth.rate_counters), no longer the audit
 -- log by address: nothing queries audit_log by ip, and every audited call with an address paid
 -- for one more random index insert. (A DBA who searches the log by address adds an index.)

@@ -67,11 +67,13 @@ fn backend_number() -> i32 {
 /// [`Counter::key_sql`]) and the SQL of the window in seconds.
 pub type KeyRead<'a> = (&'a Counter, Option<&'a str>, &'a str);
 
-/// A query of the counter rows of the keys in `reads` still inside each one's window ending at
-/// `now`: columns `i` (the position of the key in `reads`), `bucket` (its start, epoch seconds),
-/// `age` (of the row's latest event, seconds) and `hits`. One index scan per key reads at most
-/// (window / bucket_seconds + 1) x shards rows. A key whose suffix is NULL has no rows.
-pub fn counter_select_sql(reads: &[KeyRead], now: &str) -> String {
+/// A json expression: the counter rows of the keys in `reads` still inside each one's window
+/// ending at `now`, `[[read, bucket, age of the row's latest event, events], …]` with `read` the
+/// position of the key in `reads` (split them with `ratelimit::rows_per_key`). One index scan
+/// per key reads at most (window / bucket_seconds + 1) x shards rows, with no aggregate:
+/// executor start-up of aggregates cost more than the rows. A key whose suffix is NULL has
+/// no rows.
+pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
     let keys: Vec<String> = reads
         .iter()
         .enumerate()
@@ -84,29 +86,15 @@ pub fn counter_select_sql(reads: &[KeyRead], now: &str) -> String {
         })
         .collect();
     format!(
-        "SELECT k.i, extract(epoch FROM r.bucket_start) AS bucket,
-                extract(epoch FROM {now} - r.last_at) AS age, r.hits
-         FROM (VALUES {}) AS k (i, key, win, width)
-         JOIN auth.rate_counters r ON r.key = k.key
-          AND r.bucket_start > {now} - make_interval(secs => k.win + k.width)
-          AND r.last_at > {now} - make_interval(secs => k.win)",
+        "to_json(ARRAY(
+             SELECT ARRAY[k.i, extract(epoch FROM r.bucket_start),
+                          extract(epoch FROM {now} - r.last_at), r.hits]::float8[]
+             FROM (VALUES {}) AS k (i, key, win, width)
+             JOIN auth.rate_counters r ON r.key = k.key
+              AND r.bucket_start > {now} - make_interval(secs => k.win + k.width)
+              AND r.last_at > {now} - make_interval(secs => k.win)))",
         keys.join(", ")
     )
-}
-
-/// A json expression: the rows of `select` (a [`counter_select_sql`] query, or a CTE of one),
-/// `[[read, bucket, age, events], …]`; split them with `ratelimit::rows_per_key`.
-pub fn counter_json_sql(select: &str) -> String {
-    format!(
-        "to_json(ARRAY(SELECT ARRAY[c.i, c.bucket, c.age, c.hits]::float8[] FROM ({select}) c))"
-    )
-}
-
-/// A json expression: the counter rows of the keys in `reads` (see [`counter_select_sql`]) as
-/// [`counter_json_sql`] answers them. No aggregate: executor start-up of aggregates cost more
-/// than the rows.
-pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
-    counter_json_sql(&counter_select_sql(reads, now))
 }
 
 /// Counter rows as [`counter_rows_sql`] reads them.

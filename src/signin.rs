@@ -206,9 +206,7 @@ pub(crate) fn judge_code(
     )?
     .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
     if ip.is_some() {
-        if let Some(wait) = verify_rate_retry_after(cfg, &guess.ip_failures) {
-            return Err(verify_rate_limited(wait));
-        }
+        check_verify_rate(cfg, &guess.ip_failures)?;
     }
     let pepper = config::secret("otp_pepper")?;
     let stored = guess
@@ -222,77 +220,51 @@ pub(crate) fn judge_code(
         .filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
     match live {
         Some(live) if matches => Ok(live.id),
-        live => Err(failed_guess(phone, live.map(|c| c.id), ip)),
+        live => {
+            autonomous::record(&Action::Attempt {
+                audit_id: otp::time_ordered_uuid_text(),
+                target: Target::Code {
+                    code_id: live.map(|c| c.id),
+                    phone: phone.to_string(),
+                },
+                failed: true,
+                ip: ip.map(str::to_string),
+            })?;
+            Err(AuthError::invalid_otp())
+        }
     }
 }
 
-/// Records a failed guess at `phone` (its live code's attempt, if it has one) durably, through
-/// the attempt recorder, and answers the error to reveal only then; a guess that cannot be
-/// recorded answers the recorder's error instead (fail closed).
-fn failed_guess(phone: &str, code_id: Option<String>, ip: Option<&str>) -> AuthError {
-    let recorded = autonomous::record(&Action::Attempt {
-        audit_id: otp::time_ordered_uuid_text(),
-        target: Target::Code {
-            code_id,
-            phone: phone.to_string(),
-        },
-        failed: true,
-        ip: ip.map(str::to_string),
-    });
-    match recorded {
-        Ok(()) => AuthError::invalid_otp(),
-        Err(e) => e,
-    }
-}
-
-/// The per-IP limit on wrong codes (right ones consume their code and need no limit): the wait
-/// until the address may guess again, if it is over. The failures are counted by the attempt
-/// recorder in auth.rate_counters (see autonomous), so the limit binds although each failed
-/// call rolls back.
-fn verify_rate_retry_after(cfg: &Config, failures: &[[f64; 4]]) -> Option<i64> {
+/// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
+/// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
+/// limit binds although each failed call rolls back.
+fn check_verify_rate(cfg: &Config, failures: &[[f64; 4]]) -> Result<()> {
     let [failures] = ratelimit::rows_per_key(failures);
-    ratelimit::bucketed_retry_after(
+    match ratelimit::bucketed_retry_after(
         &ratelimit::buckets_of_shards(&failures),
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
-    )
+    ) {
+        Some(wait) => Err(AuthError::rate_limited(
+            "over-request-rate-limit",
+            "Too many verification attempts from this address.",
+            wait,
+        )),
+        None => Ok(()),
+    }
 }
 
-fn verify_rate_limited(wait: i64) -> AuthError {
-    AuthError::rate_limited(
-        "over-request-rate-limit",
-        "Too many verification attempts from this address.",
-        wait,
-    )
-}
-
-/// A sign-in, judged and made in the caller's transaction and one statement. `latest` is the
-/// phone's latest unused sign-in code ($6), compared with the presented code's hash ($1) in
-/// constant time (`auth._hash_matches`); `gate` is the per-IP limit on wrong codes ($9 seconds,
-/// $10 failures; no address $7, no limit), decided on the same rows `ip_failures` answers. A right
-/// code of a live row behind an open gate is counted, audited and consumed (single use: of
-/// concurrent calls with the right code exactly one updates the row), the phone of a user who is
-/// not disabled confirmed, and, unless the user must also pass TOTP (`totp`: $8 and a verified
-/// factor), the sign-in audited and the new session (aal1, amr sms, ip $7) and its refresh token
-/// ($3 hashed, lifetime $4; $2 no parent) made: see session::TOKEN_CTE and SESSION_ROW. The
-/// session's user is the updated row. Anything else writes nothing, and answers what the caller
-/// needs to refuse: the gate's rows, or the live code to count the failed guess against.
+/// A right code's sign-in, in the caller's transaction and one statement: the attempt is counted
+/// and audited and the code consumed (single use: of concurrent calls with the right code exactly
+/// one updates the row), the phone of a user who is not disabled confirmed, and, unless the user
+/// must also pass TOTP (`totp`: $8 and a verified factor), the sign-in audited and the new
+/// session (aal1, amr sms, ip $7) and its refresh token ($3 hashed, lifetime $4; $2 no parent)
+/// made: see session::TOKEN_CTE and SESSION_ROW. The session's user is the updated row.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH latest AS MATERIALIZED (
-         SELECT id, expires_at > clock_timestamp() AND attempts < $5 AS live,
-                auth._hash_matches(code_hash, $1) AS matches
-         FROM auth.otp_codes
-         WHERE subject = $6 AND purpose = '{PURPOSE}'
-           AND consumed_at IS NULL AND invalidated_at IS NULL
-         ORDER BY created_at DESC LIMIT 1),
-     ip_failures AS MATERIALIZED ({ip_failures}),
-     gate AS MATERIALIZED (
-         SELECT $7::text IS NULL OR coalesce(sum(hits), 0) < $10 AS open FROM ip_failures),
-     code AS (
+        "WITH code AS (
          UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
-         WHERE id = (SELECT id FROM latest WHERE live AND matches) AND (SELECT open FROM gate)
-           AND consumed_at IS NULL AND invalidated_at IS NULL
+         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
            AND expires_at > clock_timestamp() AND attempts < $5
          RETURNING user_id, purpose, attempts),
      attempt AS (
@@ -320,15 +292,8 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
      {TOKEN_CTE}
      SELECT json_build_object('user_id', (SELECT user_id FROM code),
                                'signed_in', EXISTS (SELECT 1 FROM signed_in),
-                               'session', (SELECT {session} FROM s JOIN signed_in u ON u.id = s.user_id),
-                               'ip_failures', (SELECT {ip_json} FROM gate WHERE NOT open),
-                               'live_code', (SELECT id FROM latest WHERE live))",
-        ip_failures = outbox::counter_select_sql(
-            &[(&VERIFY_IP, Some("host($7::inet)"), "$9")],
-            "clock_timestamp()"
-        ),
-        ip_json = outbox::counter_json_sql("TABLE ip_failures"),
-        session = *SESSION_ROW,
+                               'session', (SELECT {} FROM s JOIN signed_in u ON u.id = s.user_id))",
+        *SESSION_ROW
     )
 });
 
@@ -337,18 +302,6 @@ struct SignedIn {
     user_id: Option<String>,
     signed_in: bool,
     session: Option<session::SessionRow>,
-    /// The rows of the per-IP limit, when it refused the guess.
-    ip_failures: Option<outbox::CounterRows>,
-    /// The phone's latest code, if it could still be used: a failed guess is counted against it.
-    live_code: Option<String>,
-}
-
-/// `auth._hash_matches(stored, candidate)`: whether two hashes are equal, compared in constant
-/// time (bytea's `=` stops at the first differing byte).
-#[pg_extern(immutable, strict, parallel_safe, name = "_hash_matches")]
-fn hash_matches(stored: &[u8], candidate: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    stored.len() == candidate.len() && bool::from(stored.ct_eq(candidate))
 }
 
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
@@ -360,12 +313,12 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
     let ip = request::client_ip(&cfg)?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
-    let candidate = otp::hash_code(&config::secret("otp_pepper")?, PURPOSE, &phone, code);
+    let code_id = judge_code(&cfg, &phone, PURPOSE, None, code, ip.as_deref())?;
     let refresh_token = new_refresh_token()?;
     let signed: SignedIn = db::row_as(
         &SIGN_IN_SQL,
         &[
-            candidate.into(),
+            db::text(&code_id),
             db::opt_text(None),
             refresh_token_hash(&refresh_token).into(),
             cfg.refresh_token_ttl.into(),
@@ -373,19 +326,10 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
             db::text(&phone),
             db::opt_text(ip.as_deref()),
             cfg.mfa_signin_requires_totp.into(),
-            cfg.verify_rate_per_ip_window.into(),
-            cfg.verify_rate_per_ip.into(),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;
-    let Some(user_id) = signed.user_id else {
-        if let Some(failures) = signed.ip_failures {
-            // Over the limit: refused before it was judged, as nothing was counted.
-            let wait = verify_rate_retry_after(&cfg, &failures).unwrap_or(1);
-            return Err(verify_rate_limited(wait));
-        }
-        return Err(failed_guess(&phone, signed.live_code, ip.as_deref()));
-    };
+    let user_id = signed.user_id.ok_or_else(AuthError::invalid_otp)?;
     if !signed.signed_in {
         return Err(AuthError::disabled_user());
     }

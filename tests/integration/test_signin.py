@@ -387,30 +387,26 @@ def test_expiry_uses_the_clock_not_the_transaction_start(db):
 
 
 def test_an_attempt_that_cannot_be_recorded_fails_closed(db):
-    """If the attempt recorder cannot commit a wrong guess (here: the rate counters it bumps are
-    locked past its 5 s lock timeout), the guess gets no verdict: PT503, so an unrecorded guess
-    teaches nothing. The right code is recorded in the caller's own transaction, together with
-    what it grants: it waits for the audit table's lock, and its verdict comes only with its
-    record. A wrong guess waits for that lock as well (it is judged in the same statement)."""
+    """If the attempt recorder cannot commit a wrong guess (here: the audit table is locked past
+    its 5 s lock timeout), the guess gets no verdict: PT503, so an unrecorded guess teaches
+    nothing. The right code is recorded in the caller's own transaction, together with what it
+    grants: it waits for the lock, and its verdict comes only with its record."""
     db.rpc("send_sms_otp", phone=PHONE)
     code = db.last_code(PHONE)
     wrong = "000000" if code != "000000" else "111111"
     blocker = db.connect()
     blocker.execute("BEGIN")
-    blocker.execute("LOCK TABLE auth.rate_counters IN EXCLUSIVE MODE")
+    blocker.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
     with raises_auth(503, "temporarily-unavailable") as exc:
         db.rpc("verify_sms_otp", phone=PHONE, otp=wrong)
     assert exc.value.diag.message_hint.startswith("retry after")
     assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 0
-    blocker.execute("LOCK TABLE auth.audit_log IN EXCLUSIVE MODE")
-    # Under a statement timeout shorter than the lock: no verdict, nothing granted or counted.
-    for otp in (wrong, code):
-        with db.connect() as c:
-            c.execute("SET statement_timeout = '300ms'")
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                db.rpc("verify_sms_otp", phone=PHONE, otp=otp, conn=c)
+    # A right code under a statement timeout shorter than the lock: no verdict, nothing granted.
+    with db.connect() as c:
+        c.execute("SET statement_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            db.rpc("verify_sms_otp", phone=PHONE, otp=code, conn=c)
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
-    assert db.one("SELECT attempts FROM auth.otp_codes WHERE subject = %s", PHONE) == 0
     result = {}
     t = threading.Thread(target=lambda: result.update(s=db.rpc("verify_sms_otp", phone=PHONE, otp=code)))
     t.start()
