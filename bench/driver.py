@@ -99,8 +99,9 @@ def percentile(values, p):
 
 
 class Db:
-    def __init__(self):
-        self.dsn = f"host=127.0.0.1 port={os.environ['PGPORT']} user=postgres dbname=bench"
+    def __init__(self, dbname="bench"):
+        self.dbname = dbname
+        self.dsn = f"host=127.0.0.1 port={os.environ['PGPORT']} user=postgres dbname={dbname}"
         self.conn = psycopg.connect(self.dsn, autocommit=True)
 
     def reconnect(self, wait=60):
@@ -129,7 +130,7 @@ class Db:
 
     def psql_file(self, path):
         subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-                        "-p", os.environ["PGPORT"], "-U", "postgres", "-d", "bench", "-f", path],
+                        "-p", os.environ["PGPORT"], "-U", "postgres", "-d", self.dbname, "-f", path],
                        check=True, stdout=subprocess.DEVNULL)
 
 
@@ -165,7 +166,8 @@ def parse_pgbench(out, err):
     return r
 
 
-def pgbench(script, clients, duration=None, transactions=None, defines=None, log_prefix=None):
+def pgbench(script, clients, duration=None, transactions=None, defines=None, log_prefix=None,
+            dbname="bench"):
     cmd = [f"{PG_BIN}/pgbench", "-h", "127.0.0.1", "-p", os.environ["PGPORT"], "-U", "postgres",
            "-n", "-M", "prepared", "-r", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
            "-f", os.path.join(WORKLOADS, script)]
@@ -174,7 +176,7 @@ def pgbench(script, clients, duration=None, transactions=None, defines=None, log
         cmd += ["-D", f"{k}={v}"]
     if log_prefix:
         cmd += ["-l", f"--log-prefix={log_prefix}"]
-    cmd.append("bench")
+    cmd.append(dbname)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=tempfile.gettempdir())
     note_pid(p.pid)
@@ -260,7 +262,7 @@ class Bench:
         self.wpool = 2000 if smoke else 50000                     # phones with a live code
         self.mpool = max(5000 if smoke else 20000, 3000 * self.duration)  # MFA users
         self.latency_n = 50 if smoke else 1000                    # verifications per latency run
-        sizes = args.history_sizes or ("10000" if smoke else "10000,1000000")
+        sizes = args.history_sizes or ("2000,10000" if smoke else "10000,1000000")
         self.history_sizes = [int(x) for x in sizes.split(",") if x]
         self.send_history = args.send_history if args.send_history is not None else (300 if smoke else 30000)
         self.dispatch_n = args.dispatcher_messages or (200 if smoke else 20000)
@@ -271,14 +273,16 @@ class Bench:
 
     # ---- setup ------------------------------------------------------------------------------
 
-    def install(self):
-        log("installing pg_otp_auth, pgcrypto, the baselines and the bench helpers")
-        db = self.db
+    def install(self, db=None):
+        """Installs the product, the baselines and the helpers into `db` (the bench database by
+        default), with the limits raised; the roles are the cluster's, made the first time."""
+        db = db or self.db
+        log(f"installing pg_otp_auth, pgcrypto, the baselines and the bench helpers in {db.dbname}")
         db.q("CREATE EXTENSION pgcrypto")
         db.q("CREATE EXTENSION pg_otp_auth")
-        for role in ("anon", "authenticated"):
-            db.q(f"CREATE ROLE {role} NOLOGIN")
-        db.q("CREATE ROLE otp_dispatcher LOGIN")
+        for role, login in (("anon", "NOLOGIN"), ("authenticated", "NOLOGIN"), ("otp_dispatcher", "LOGIN")):
+            if not db.one("SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
+                db.q(f"CREATE ROLE {role} {login}")
         db.q("SELECT auth.grant_dispatcher('otp_dispatcher')")
         for f in ("floor.sql", "plpgsql.sql", "bench.sql"):
             db.psql_file(os.path.join(HERE, f))
@@ -300,19 +304,20 @@ class Bench:
         for v in variants:
             self.db.q("SELECT bench.reset(%s)", v)
 
-    def settle(self):
+    def settle(self, db=None):
         """Vacuum/analyze what the setup wrote, then checkpoint: each run starts clean. Tables left
         empty are not analyzed: statistics saying "0 rows" would give every variant's cached
         plans sequential scans that slow down as the run fills the table (the product renews
         its plans, the baselines would not), while a table emptied by TRUNCATE has unknown
         statistics, as on a new install, and gets index plans."""
+        db = db or self.db
         for schema in ("auth", "plsql", "floor", "bench"):
-            tables = [r[0] for r in self.db.q(
+            tables = [r[0] for r in db.q(
                 "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = %s", schema)]
-            filled = [t for t in tables if self.db.one(f"SELECT EXISTS (SELECT 1 FROM {t})")]
+            filled = [t for t in tables if db.one(f"SELECT EXISTS (SELECT 1 FROM {t})")]
             if filled:
-                self.db.q("VACUUM (ANALYZE) " + ", ".join(filled))
-        self.db.q("CHECKPOINT")
+                db.q("VACUUM (ANALYZE) " + ", ".join(filled))
+        db.q("CHECKPOINT")
 
     def users(self, clients, variants=VARIANTS):
         for v in variants:
@@ -440,8 +445,7 @@ class Bench:
             self.send_history_study(c1)
         # f) verify latency with history
         if self.wanted("latency"):
-            for n in self.history_sizes:
-                self.latency_workload(n)
+            self.latency_study()
 
     def setup_refresh(self, clients):
         for v in VARIANTS:
@@ -578,43 +582,76 @@ class Bench:
             f"product {refused['product']}, plpgsql {refused['plpgsql']}")
 
     @guarded
-    def latency_workload(self, n):
-        wid = f"verify_latency_{n}"
-        log(f"{wid}: single-client verify latency with {n} history rows per table")
-        self.reset()
-        t0 = time.time()
-        for v in VARIANTS:
-            self.db.q("SELECT bench.make_history(%s, %s)", v, n)
-        gen = time.time() - t0
-        for v in VARIANTS:
-            self.db.q("SELECT bench.send_pending(%s, %s)", v, self.latency_n)
-        self.settle()
-        rows = {v: self.db.one("SELECT count(*) FROM auth.otp_codes" if v == "product" else
-                               f"SELECT count(*) FROM {'plsql' if v == 'plpgsql' else 'floor'}.otp_codes")
-                for v in VARIANTS}
-        w = {"id": wid, "title": f"verify latency, {n:,} history rows", "kind": "latency", "clients": 1,
-             "transactions": self.latency_n, "history_rows": n, "script": "verify_latency_*.sql",
-             "load_start": machine_load(),
-             "how": f"{n:,} old rows each in otp_codes, sessions, refresh_tokens, audit_log (+{max(n // 4, 1):,} users; "
-                    f"generated in {gen:.1f} s for the three variants); {self.latency_n} codes sent just before "
-                    "through each variant's send; one client verifies them one per transaction (PostgREST-style).",
-             "results": {}}
-        for v in VARIANTS:
-            prefix = os.path.join(self.tmp, f"{wid}_{v}")
-            r = pgbench(f"verify_latency_{v}.sql", 1, transactions=self.latency_n, defines={"i": 0},
-                        log_prefix=prefix)
-            self.check_run(wid, v, r)
-            lat = r.pop("latencies_ms", [])
-            r["p50_ms"] = percentile(lat, 50)
-            r["p99_ms"] = percentile(lat, 99)
-            r["samples"] = len(lat)
-            verify_stmt = [s for s in r["statements"] if "verify" in s["sql"]]
-            r["verify_stmt_avg_ms"] = verify_stmt[0]["ms"] if verify_stmt else None
-            r["otp_codes_rows"] = rows[v]
-            r["load_end"] = machine_load()
-            w["results"][v] = r
-            log(f"   {v:8s} p50 {r['p50_ms'] or 0:.2f} ms  p99 {r['p99_ms'] or 0:.2f} ms  ({len(lat)} samples)")
-        self.results["workloads"].append(w)
+    def latency_study(self):
+        """Verify latency against history size, the sizes side by side: each in its own database
+        (installed as the bench database is), all filled, sent their codes and settled before any
+        is measured, then measured in alternating rounds (sizes and variants in turn, the order
+        reversed every other round), so a noisy minute of the machine falls on every size alike."""
+        sizes = self.history_sizes
+        rounds = 2 if self.args.smoke else 4
+        per = self.latency_n // rounds
+        log(f"verify latency: {', '.join(f'{n:,}' for n in sizes)} history rows per table, "
+            f"one database each, {rounds} alternating rounds of {per} verifications")
+        dbs = {}
+        try:
+            for n in sizes:
+                name = f"bench_h{n}"
+                self.db.q(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                self.db.q(f"CREATE DATABASE {name}")
+                dbs[n] = Db(name)
+                self.install(dbs[n])
+            gen = {}
+            for n in sizes:
+                t0 = time.time()
+                for v in VARIANTS:
+                    dbs[n].q("SELECT bench.make_history(%s, %s)", v, n)
+                gen[n] = time.time() - t0
+            for n in sizes:
+                for v in VARIANTS:
+                    dbs[n].q("SELECT bench.send_pending(%s, %s)", v, per * rounds)
+                self.settle(dbs[n])
+            runs = {(n, v): [] for n in sizes for v in VARIANTS}
+            for i in range(rounds):
+                for n in (sizes if i % 2 == 0 else sizes[::-1]):
+                    for v in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+                        prefix = os.path.join(self.tmp, f"verify_latency_{n}_{v}_{i}")
+                        runs[(n, v)].append(pgbench(f"verify_latency_{v}.sql", 1, transactions=per,
+                                                    defines={"i": i * per}, log_prefix=prefix,
+                                                    dbname=dbs[n].dbname))
+            for n in sizes:
+                rows = {v: dbs[n].one("SELECT count(*) FROM auth.otp_codes" if v == "product" else
+                                      f"SELECT count(*) FROM {'plsql' if v == 'plpgsql' else 'floor'}.otp_codes")
+                        for v in VARIANTS}
+                wid = f"verify_latency_{n}"
+                w = {"id": wid, "title": f"verify latency, {n:,} history rows", "kind": "latency",
+                     "clients": 1, "transactions": per * rounds, "rounds": rounds, "history_rows": n,
+                     "script": "verify_latency_*.sql", "load_start": machine_load(),
+                     "how": f"{n:,} old rows each in otp_codes, sessions, refresh_tokens, audit_log "
+                            f"(+{max(n // 4, 1):,} users; generated in {gen[n]:.1f} s for the three variants) in "
+                            f"a database of its own; {per * rounds} codes sent through each variant's send "
+                            f"before the runs; one client verifies them one per transaction (PostgREST-style), "
+                            f"in {rounds} rounds of {per} that alternate with the other history sizes.",
+                     "results": {}}
+                for v in VARIANTS:
+                    r = merge_runs(runs[(n, v)])
+                    self.check_run(wid, v, r)
+                    lat = [x for run in runs[(n, v)] for x in run.get("latencies_ms", [])]
+                    r.pop("latencies_ms", None)
+                    r["p50_ms"] = percentile(lat, 50)
+                    r["p99_ms"] = percentile(lat, 99)
+                    r["samples"] = len(lat)
+                    verify_stmt = [st for st in r["statements"] if "verify" in st["sql"]]
+                    r["verify_stmt_avg_ms"] = verify_stmt[0]["ms"] if verify_stmt else None
+                    r["otp_codes_rows"] = rows[v]
+                    r["load_end"] = machine_load()
+                    w["results"][v] = r
+                    log(f"   {n:>9,} {v:8s} p50 {r['p50_ms'] or 0:.2f} ms  p99 {r['p99_ms'] or 0:.2f} ms  "
+                        f"({len(lat)} samples)")
+                self.results["workloads"].append(w)
+        finally:
+            for n, db in dbs.items():
+                db.conn.close()
+                self.db.q(f"DROP DATABASE IF EXISTS {db.dbname} WITH (FORCE)")
 
     # ---- primitives: TOTP and JWT per call ------------------------------------------------------
 
