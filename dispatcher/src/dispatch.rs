@@ -375,8 +375,18 @@ async fn record(s: &Shared, id: &str, attempt: i32, outcome: &Outcome) {
     }
 }
 
+/// How long to wait before the next refresh of the queue stats: the usual `interval`, or 100
+/// times what the last call `took` when that is longer. `auth.sms_queue_stats()` counts the whole
+/// outbox, which keeps finished messages until they are purged (a day by default), so on a busy
+/// install one call can take seconds; spaced this way it costs the database at most about 1% of
+/// one connection, however large the outbox grows.
+fn stats_interval(interval: Duration, took: Duration) -> Duration {
+    interval.max(took.saturating_mul(100))
+}
+
 async fn refresh_stats(s: Arc<Shared>) {
     loop {
+        let started = Instant::now();
         match s.store.stats().await {
             Ok(v) => {
                 s.metrics.db_ok();
@@ -399,11 +409,26 @@ async fn refresh_stats(s: Arc<Shared>) {
                 tracing::debug!(error = %e, "stats refresh failed");
             }
         }
-        tokio::time::sleep(
-            Duration::from_secs(5)
-                .min(s.cfg.poll * 4)
-                .max(Duration::from_millis(500)),
-        )
-        .await;
+        let interval = Duration::from_secs(5)
+            .min(s.cfg.poll * 4)
+            .max(Duration::from_millis(500));
+        tokio::time::sleep(stats_interval(interval, started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_stats_are_spaced_by_a_hundred_times_their_cost() {
+        let five = Duration::from_secs(5);
+        assert_eq!(stats_interval(five, Duration::from_millis(3)), five);
+        assert_eq!(stats_interval(five, Duration::from_millis(50)), five);
+        assert_eq!(
+            stats_interval(five, Duration::from_secs(2)),
+            Duration::from_secs(200)
+        );
+        assert_eq!(stats_interval(five, Duration::MAX), Duration::MAX);
     }
 }
