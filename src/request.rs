@@ -38,10 +38,19 @@ fn setting(name: &std::ffi::CStr) -> Option<String> {
     (!value.is_empty()).then(|| value.into_owned())
 }
 
-/// `inet_client_addr()`: the connection's peer, None over a Unix socket.
+/// `inet_client_addr()`: the connection's peer, None over a Unix socket. A backend serves one
+/// connection, so it is read once (formatting it costs a `getnameinfo` per call).
 fn peer_address() -> Option<String> {
-    unsafe { pgrx::direct_function_call::<pgrx::Inet>(pg_sys::inet_client_addr, &[]) }
-        .map(|inet| inet.0)
+    thread_local! {
+        static PEER: std::cell::OnceCell<Option<String>> = const { std::cell::OnceCell::new() };
+    }
+    PEER.with(|peer| {
+        peer.get_or_init(|| {
+            unsafe { pgrx::direct_function_call::<pgrx::Inet>(pg_sys::inet_client_addr, &[]) }
+                .map(|inet| inet.0)
+        })
+        .clone()
+    })
 }
 
 #[derive(Debug, Deserialize)]
