@@ -251,7 +251,7 @@ BEGIN
     SET status = 'sending', lease_until = now() + sms_claim.lease, attempts = o.attempts + 1,
         updated_at = now()
     FROM due WHERE o.id = due.id
-    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at,
+    RETURNING o.id, o.phone, o.channel::text, o.body, o.captcha_token, o.attempts, o.expires_at,
               o.captcha_verified;
 END
 $$;

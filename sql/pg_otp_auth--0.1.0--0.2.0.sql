@@ -459,7 +459,7 @@ BEGIN
     SET status = 'sending', lease_until = now() + sms_claim.lease, attempts = o.attempts + 1,
         updated_at = now()
     FROM due WHERE o.id = due.id
-    RETURNING o.id, o.phone, o.channel, o.body, o.captcha_token, o.attempts, o.expires_at,
+    RETURNING o.id, o.phone, o.channel::text, o.body, o.captcha_token, o.attempts, o.expires_at,
               o.captcha_verified;
 END
 $$;
@@ -702,3 +702,32 @@ ALTER TABLE auth.mfa_tickets ALTER COLUMN id SET DEFAULT auth._uuid_v7();
 -- log by address: nothing queries audit_log by ip, and every audited call with an address paid
 -- for one more random index insert. (A DBA who searches the log by address adds an index.)
 DROP INDEX auth.audit_log_ip;
+
+-- The value rules of the columns written on every sign-in become domains (see schema.sql): a
+-- table's CHECKs are re-planned for each statement that writes it and re-checked on every
+-- update. Each column changes to its domain while the domain has no constraint yet, which keeps
+-- the rows and indexes as they are (a domain with a constraint would rewrite the table), then
+-- the constraint is added to the domain, which checks the existing rows once.
+CREATE DOMAIN auth.phone_number AS text;
+CREATE DOMAIN auth.json_object AS jsonb;
+CREATE DOMAIN auth.message_channel AS text;
+CREATE DOMAIN auth.assurance_level AS text;
+ALTER TABLE auth.users DROP CONSTRAINT users_phone_check, DROP CONSTRAINT users_metadata_check,
+    ALTER COLUMN phone TYPE auth.phone_number, ALTER COLUMN metadata TYPE auth.json_object,
+    ALTER COLUMN metadata SET DEFAULT '{}';
+ALTER TABLE auth.mfa_factors DROP CONSTRAINT mfa_factors_phone_check,
+    ALTER COLUMN phone TYPE auth.phone_number;
+ALTER TABLE auth.sessions DROP CONSTRAINT sessions_aal_check,
+    ALTER COLUMN aal TYPE auth.assurance_level, ALTER COLUMN aal SET DEFAULT 'aal1';
+ALTER TABLE auth.sms_outbox DROP CONSTRAINT sms_outbox_channel_check,
+    ALTER COLUMN channel TYPE auth.message_channel;
+ALTER TABLE auth.send_events DROP CONSTRAINT send_events_channel_check,
+    ALTER COLUMN channel TYPE auth.message_channel;
+ALTER DOMAIN auth.phone_number
+    ADD CONSTRAINT phone_number_check CHECK (VALUE ~ '^\+[1-9][0-9]{7,14}$');
+ALTER DOMAIN auth.json_object
+    ADD CONSTRAINT json_object_check CHECK (jsonb_typeof(VALUE) = 'object');
+ALTER DOMAIN auth.message_channel
+    ADD CONSTRAINT message_channel_check CHECK (VALUE IN ('sms', 'whatsapp'));
+ALTER DOMAIN auth.assurance_level
+    ADD CONSTRAINT assurance_level_check CHECK (VALUE IN ('aal1', 'aal2'));

@@ -85,3 +85,29 @@ def test_api_answers_never_contain_secrets(db):
     assert db.jwt_secret() not in text
     pepper = db.one("SELECT encode(value, 'hex') FROM auth.secrets WHERE name = 'otp_pepper'")
     assert pepper not in text
+
+
+@pytest.mark.parametrize("write", [
+    "UPDATE auth.users SET phone = '12345'",
+    "UPDATE auth.users SET phone = '+15550707070 '",
+    "UPDATE auth.users SET metadata = '[1, 2]'",
+    "UPDATE auth.sessions SET aal = 'aal3'",
+    "UPDATE auth.sms_outbox SET channel = 'email'",
+    "UPDATE auth.send_events SET channel = 'voice'",
+    "INSERT INTO auth.mfa_factors (user_id, factor_type, phone) SELECT id, 'phone', '555' FROM auth.users",
+])
+def test_the_value_rules_hold_for_writes_that_bypass_the_api(db, write):
+    """The column rules (domains since 0.2.0, table CHECKs before) bind a DBA's direct writes
+    too, and a refused write changes nothing."""
+    db.sign_in("+15550707070")
+    before = db.q("SELECT phone, metadata FROM auth.users"), db.q("SELECT aal FROM auth.sessions"), \
+        db.q("SELECT channel FROM auth.sms_outbox"), db.q("SELECT channel FROM auth.send_events")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.q(write)
+    after = db.q("SELECT phone, metadata FROM auth.users"), db.q("SELECT aal FROM auth.sessions"), \
+        db.q("SELECT channel FROM auth.sms_outbox"), db.q("SELECT channel FROM auth.send_events")
+    assert after == before
+    assert db.one("SELECT count(*) FROM auth.mfa_factors") == 0
+    # The rules are checked where a value is written, not only on insert: a right value passes.
+    db.q("UPDATE auth.sessions SET aal = 'aal2'")
+    db.q("UPDATE auth.users SET metadata = '{\"plan\": \"pro\"}'")
