@@ -178,6 +178,16 @@ def markdown(res):
             w(f"| {label} | {num(tps(wl, 'plpgsql'))} | {num(tps(wl, 'product'))} | "
               f"{ratio(tps(wl, 'plpgsql'), tps(ref, 'plpgsql'))} | {ratio(tps(wl, 'product'), tps(ref, 'product'))} |")
         w("")
+        sb = res.get("send_budgets")
+        if sb and len(sb.get("budgets", [])) == 2:
+            lo, hi = sb["budgets"]
+            w(f"**The product's send at two budgets, side by side** ({sb['clients']} clients, {sb['rounds']} rounds "
+              f"of {sb['seconds']} s that alternate the budgets on one database): budget {lo['budget']:,} per hour "
+              f"{num(lo['tps'])} tps, budget {hi['budget']:,} per hour {num(hi['tps'])} tps; "
+              f"budget {hi['budget']:,} over budget {lo['budget']:,}: {ratio(hi['tps'], lo['tps'])} "
+              f"(rounds: {', '.join(num(t, 0) for t in lo['rounds_tps'])} / "
+              f"{', '.join(num(t, 0) for t in hi['rounds_tps'])}; failed {lo['failed']} / {hi['failed']}).")
+            w("")
         w("The last three rows run back to back (the first row is from the start of the run). PLPGSQL's limits "
           "count the matching send_events rows (at most the limit), so its cost grows with the history in the "
           "window: the naive approach. A ratio near 1× means the send cost does not depend on the budget or "

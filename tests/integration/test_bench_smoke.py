@@ -141,3 +141,19 @@ def test_interleaved_rounds_merge_into_one_result():
     assert merge_runs([run(1000, 500.0, 2.0, {}), run(50, 0.0, 1.0, {})])["tps"] == pytest.approx(500.0)
     single = merge_runs([run(10, 5.0, 1.0, {})])
     assert single["tps"] == 5.0 and single["rounds_tps"] == [5.0]
+
+
+def test_the_two_budgets_are_measured_side_by_side(smoke):
+    """The product's send at budgets 1,000,000 and 100,000,000, in alternating rounds: both
+    positive, no failed transaction, and the ratio of the two is given."""
+    _, report = smoke
+    md = report.read_text()
+    m = re.search(r"budget 1,000,000 per hour ([\d,.]+) tps, budget 100,000,000 per hour ([\d,.]+) tps; "
+                  r"budget 100,000,000 over budget 1,000,000: ([\d.]+)× \(rounds: ([\d, ]+) / ([\d, ]+); "
+                  r"failed (\d+) / (\d+)\)", md)
+    assert m, "no side-by-side budget line in the report"
+    low, high, r = number(m.group(1)), number(m.group(2)), number(m.group(3))
+    assert low > 0 and high > 0
+    assert abs(r - high / low) < 0.01
+    assert len(m.group(4).split(", ")) == len(m.group(5).split(", ")) >= 2
+    assert (m.group(6), m.group(7)) == ("0", "0")
