@@ -360,10 +360,12 @@ class Bench:
 
     @guarded
     def tps_workload(self, wid, title, how, script, clients, variants=VARIANTS, defines=None,
-                     setup=None, post=None, reset=True, expect_notices=(), rounds=None):
+                     setup=None, post=None, reset=True, expect_notices=(), rounds=None, before=None,
+                     listed=True):
         """Runs the workload for each variant, `rounds` turns each (interleaved: A B C, C B A,
         …) of duration / rounds seconds; workloads that carry state from one transaction to the
-        next (refresh tokens, TOTP steps) run in one round."""
+        next (refresh tokens, TOTP steps) run in one round. `before(v)` runs before each of
+        variant v's turns; `listed=False` keeps the workload out of the main table."""
         if not self.wanted(wid):
             return
         rounds = rounds or self.rounds
@@ -381,6 +383,8 @@ class Bench:
         for i in range(rounds):
             for v in (variants if i % 2 == 0 else variants[::-1]):
                 d = dict(defines(v) if callable(defines) else (defines or {}))
+                if before:
+                    before(v)
                 runs[v].append(pgbench(script.format(v=v), clients, duration=seconds, defines=d))
                 self.db.q("CHECKPOINT")
         for v in variants:
@@ -392,7 +396,8 @@ class Bench:
             r["load_end"] = machine_load()
             spread = "" if rounds == 1 else " rounds " + "/".join(f"{t:.0f}" for t in r["rounds_tps"])
             log(f"   {v:8s} {r['tps']:10.1f} tps  tx={r['tx']} failed={r['failed']} {r['notices'] or ''}{spread}")
-        self.results["workloads"].append(w)
+        if listed:
+            self.results["workloads"].append(w)
         return w
 
     # ---- the workloads --------------------------------------------------------------------------
@@ -530,33 +535,24 @@ class Bench:
         alternate the two (A B, B A, …) on one database: the budget is the only difference, and
         the machine's slower and faster spells fall on both. (At 1,000 per hour the budget is
         spent within seconds, and the sends are refused: see the history study.)"""
-        budgets = (PRODUCT_LIMIT, 100_000_000)
-        rounds = max(2, self.rounds)
-        seconds = max(2, round(self.duration / rounds))
-        log(f"send_budgets: product send at budget {budgets[0]:,} and {budgets[1]:,} per hour, "
-            f"{rounds} alternating rounds of {seconds} s each ({clients} clients)")
-        self.reset(["product"])
-        self.users(clients, ["product"])
-        self.settle()
-        runs = {b: [] for b in budgets}
-        for i in range(rounds):
-            for b in (budgets if i % 2 == 0 else budgets[::-1]):
-                self.set_budget(b)
-                runs[b].append(pgbench("send_product.sql", clients, duration=seconds, defines={"pool": self.pool}))
-                self.db.q("CHECKPOINT")
-        self.set_budget(PRODUCT_LIMIT)
-        merged = {}
-        for b in budgets:
-            r = merge_runs(runs[b])
-            self.check_run("send_budgets", f"product at {b:,}", r)
-            merged[b] = r
-            log(f"   budget {b:>13,} {r['tps']:10.1f} tps  tx={r['tx']} failed={r['failed']} rounds "
-                + "/".join(f"{t:.0f}" for t in r["rounds_tps"]))
+        budgets = {f"budget {b:,}": b for b in (PRODUCT_LIMIT, 100_000_000)}
+
+        def setup(w):
+            self.reset(["product"])
+            self.users(clients, ["product"])
+
+        try:
+            w = self.tps_workload(
+                "send_budget_side_by_side", "product send at two budgets",
+                "As `send`, product only, the budget set before each turn.", "send_product.sql", clients,
+                variants=list(budgets), defines={"pool": self.pool}, setup=setup, reset=False,
+                rounds=max(2, self.rounds), before=lambda v: self.set_budget(budgets[v]), listed=False)
+        finally:
+            self.set_budget(PRODUCT_LIMIT)
         self.results["send_budgets"] = {
-            "clients": clients, "rounds": rounds, "seconds": seconds,
-            "budgets": [{"budget": b, "tps": merged[b]["tps"], "tx": merged[b]["tx"],
-                         "failed": merged[b]["failed"], "rounds_tps": merged[b]["rounds_tps"]}
-                        for b in budgets]}
+            "clients": clients, "rounds": w["rounds"], "seconds": w["duration"] // w["rounds"],
+            "budgets": [{"budget": b, **{k: w["results"][v][k] for k in ("tps", "tx", "failed", "rounds_tps")}}
+                        for v, b in budgets.items()]}
 
     @guarded
     def send_history_study(self, clients):
