@@ -100,13 +100,12 @@ def test_the_value_rules_hold_for_writes_that_bypass_the_api(db, write):
     """The column rules (domains since 0.2.0, table CHECKs before) bind a DBA's direct writes
     too, and a refused write changes nothing."""
     db.sign_in("+15550707070")
-    before = db.q("SELECT phone, metadata FROM auth.users"), db.q("SELECT aal FROM auth.sessions"), \
-        db.q("SELECT channel FROM auth.sms_outbox"), db.q("SELECT channel FROM auth.send_events")
+    ruled = ("SELECT phone, metadata FROM auth.users", "SELECT aal FROM auth.sessions",
+             "SELECT channel FROM auth.sms_outbox", "SELECT channel FROM auth.send_events")
+    before = [db.q(q) for q in ruled]
     with pytest.raises(psycopg.errors.CheckViolation):
         db.q(write)
-    after = db.q("SELECT phone, metadata FROM auth.users"), db.q("SELECT aal FROM auth.sessions"), \
-        db.q("SELECT channel FROM auth.sms_outbox"), db.q("SELECT channel FROM auth.send_events")
-    assert after == before
+    assert [db.q(q) for q in ruled] == before
     assert db.one("SELECT count(*) FROM auth.mfa_factors") == 0
     # The rules are checked where a value is written, not only on insert: a right value passes.
     db.q("UPDATE auth.sessions SET aal = 'aal2'")

@@ -301,8 +301,7 @@ def test_the_upgrade_rewrites_no_table_and_rebuilds_no_index_it_keeps(make_db):
     before = dict(db.q(files))
     update(db)
     after = dict(db.q(files))
-    for table in ("users", "users_pkey", "users_phone_key", "sessions", "sms_outbox", "send_events", "mfa_factors"):
-        assert after[table] == before[table], table
     kept = set(before) & set(after)
+    assert {"users", "users_pkey", "users_phone_key", "sessions", "sms_outbox", "send_events", "mfa_factors"} <= kept
     assert len(kept) > 20
     assert {name for name in kept if after[name] != before[name]} == set()
