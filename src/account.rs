@@ -327,7 +327,7 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
 }
 
 #[pg_extern(name = "_get_user")]
-fn account_get_user_impl() -> JsonB {
+fn account_get_user_impl() -> crate::Answer {
     crate::respond(get_user())
 }
 
@@ -337,16 +337,16 @@ fn account_update_user_impl(
     locale: Option<&str>,
     avatar_url: Option<&str>,
     metadata: Option<JsonB>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(update_user(display_name, locale, avatar_url, metadata))
 }
 
 #[pg_extern(name = "_change_phone")]
-fn account_change_phone_impl(new_phone: Option<&str>, channel: Option<&str>) -> JsonB {
+fn account_change_phone_impl(new_phone: Option<&str>, channel: Option<&str>) -> crate::Answer {
     crate::respond(change_phone(new_phone, channel))
 }
 
 #[pg_extern(name = "_verify_phone_change")]
-fn account_verify_phone_change_impl(new_phone: Option<&str>, otp: Option<&str>) -> JsonB {
+fn account_verify_phone_change_impl(new_phone: Option<&str>, otp: Option<&str>) -> crate::Answer {
     crate::respond(verify_phone_change(new_phone, otp))
 }

@@ -309,7 +309,7 @@ fn admin_create_user_impl(
     metadata: Option<JsonB>,
     roles: Option<Vec<Option<String>>>,
     default_role: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(create_user(
         phone,
         phone_confirmed,
@@ -322,7 +322,7 @@ fn admin_create_user_impl(
 }
 
 #[pg_extern(name = "_admin_get_user")]
-fn admin_get_user_impl(user_id: Option<pgrx::Uuid>) -> JsonB {
+fn admin_get_user_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
     crate::respond(get_user(user_id))
 }
 
@@ -331,31 +331,34 @@ fn admin_list_users_impl(
     page: Option<i32>,
     per_page: Option<i32>,
     phone_prefix: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(list_users(page, per_page, phone_prefix))
 }
 
 #[pg_extern(name = "_admin_update_user")]
-fn admin_update_user_impl(user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) -> JsonB {
+fn admin_update_user_impl(user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) -> crate::Answer {
     crate::respond(update_user(user_id, attributes))
 }
 
 #[pg_extern(name = "_admin_delete_user")]
-fn admin_delete_user_impl(user_id: Option<pgrx::Uuid>, soft: Option<bool>) -> JsonB {
+fn admin_delete_user_impl(user_id: Option<pgrx::Uuid>, soft: Option<bool>) -> crate::Answer {
     crate::respond(delete_user(user_id, soft))
 }
 
 #[pg_extern(name = "_admin_list_factors")]
-fn admin_list_factors_impl(user_id: Option<pgrx::Uuid>) -> JsonB {
+fn admin_list_factors_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
     crate::respond(list_factors(user_id))
 }
 
 #[pg_extern(name = "_admin_delete_factor")]
-fn admin_delete_factor_impl(user_id: Option<pgrx::Uuid>, factor_id: Option<pgrx::Uuid>) -> JsonB {
+fn admin_delete_factor_impl(
+    user_id: Option<pgrx::Uuid>,
+    factor_id: Option<pgrx::Uuid>,
+) -> crate::Answer {
     crate::respond(delete_factor(user_id, factor_id))
 }
 
 #[pg_extern(name = "_admin_sign_out")]
-fn admin_sign_out_impl(user_id: Option<pgrx::Uuid>) -> JsonB {
+fn admin_sign_out_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
     crate::respond(sign_out(user_id))
 }

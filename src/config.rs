@@ -208,17 +208,17 @@ fn reset(name: &str) -> Result<Value> {
 }
 
 #[pg_extern(name = "_settings")]
-fn settings_impl() -> JsonB {
+fn settings_impl() -> crate::Answer {
     crate::respond(listing())
 }
 
 #[pg_extern(name = "_setting")]
-fn setting_impl(name: Option<&str>) -> JsonB {
+fn setting_impl(name: Option<&str>) -> crate::Answer {
     crate::respond(required(name, "name").and_then(value_of))
 }
 
 #[pg_extern(name = "_set_setting")]
-fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> JsonB {
+fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> crate::Answer {
     crate::respond((|| {
         let name = required(name, "name")?;
         let JsonB(value) = required(value, "value")?;
@@ -227,6 +227,6 @@ fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> JsonB {
 }
 
 #[pg_extern(name = "_reset_setting")]
-fn reset_setting_impl(name: Option<&str>) -> JsonB {
+fn reset_setting_impl(name: Option<&str>) -> crate::Answer {
     crate::respond(required(name, "name").and_then(reset))
 }

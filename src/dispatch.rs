@@ -5,7 +5,7 @@ use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::otp::random_bytes;
 use pg_otp_auth_core::outbox::{after_failure, retry_delay, AfterFailure};
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -95,6 +95,6 @@ fn sms_mark_failed_impl(
     error: Option<&str>,
     retryable: Option<bool>,
     attempt: Option<i32>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(mark_failed(id, error, retryable, attempt))
 }

@@ -3,15 +3,15 @@
 //! The public SQL API lives in `sql/api.sql` as thin wrappers around the internal `auth._*`
 //! functions defined here; the logic lives in the `pg_otp_auth_core` crate.
 
-use pg_otp_auth_core::error::Result;
 use pgrx::prelude::*;
-use pgrx::JsonB;
-use serde_json::{json, Value};
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub(crate) use answer::{respond, Answer};
+
 mod account;
 mod admin;
+mod answer;
 mod audit;
 mod autonomous;
 mod config;
@@ -32,14 +32,6 @@ pub extern "C-unwind" fn _PG_init() {
     recorder::init();
 }
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
-
-/// The tagged result the SQL wrappers unwrap (and raise from).
-pub(crate) fn respond(result: Result<Value>) -> JsonB {
-    match result {
-        Ok(v) => JsonB(json!({ "ok": v })),
-        Err(e) => JsonB(e.to_result_json()),
-    }
-}
 
 /// `auth._uuid_v7()`, the default id of the tables written on every call (declared in
 /// schema.sql, before the tables).

@@ -87,8 +87,8 @@ pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
         .collect();
     format!(
         "to_json(ARRAY(
-             SELECT ARRAY[k.i, extract(epoch FROM r.bucket_start),
-                          extract(epoch FROM {now} - r.last_at), r.hits]::float8[]
+             SELECT ARRAY[k.i, date_part('epoch', r.bucket_start),
+                          date_part('epoch', {now} - r.last_at), r.hits]::float8[]
              FROM (VALUES {}) AS k (i, key, win, width)
              JOIN auth.rate_counters r ON r.key = k.key
               AND r.bucket_start > {now} - make_interval(secs => k.win + k.width)
@@ -125,7 +125,7 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
                                                     'disabled', {blocked})
                           FROM auth.users u WHERE u.phone = $1),
             'phone', to_json(ARRAY(
-                SELECT extract(epoch FROM now() - created_at)::float8 FROM auth.send_events
+                SELECT date_part('epoch', now() - created_at) FROM auth.send_events
                 WHERE phone = $1 AND created_at > now() - make_interval(secs => greatest($2, $6))
                 ORDER BY created_at DESC LIMIT greatest($3, 1))),
             'counters', {counters})",
@@ -233,7 +233,7 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
              VALUES ($1, $2::inet, $3, $4)),
          counted AS (
              INSERT INTO auth.rate_counters AS r (key, bucket_start, shard, hits, last_at)
-             SELECT k, to_timestamp(floor(extract(epoch FROM now()) / w) * w), s, 1, now()
+             SELECT k, to_timestamp(floor(date_part('epoch', now()) / w) * w), s, 1, now()
              FROM (VALUES ({ip_key}, {ip_width}, $5), ({budget_key}, {budget_width}, $6))
                   AS v (k, w, s)
              WHERE k IS NOT NULL AND (k <> {budget_key} OR $4)

@@ -10,8 +10,8 @@ use pg_otp_auth_core::session::{
     AuthMethod, TokenSettings, TokenSubject,
 };
 use pgrx::prelude::*;
-use pgrx::JsonB;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::LazyLock;
 
@@ -53,8 +53,58 @@ pub struct SessionRow {
     aal: String,
     amr: Vec<AuthMethod>,
     now: i64,
-    user: Value,
-    refresh_token_id: Value,
+    /// Handed back as the statement wrote it (see USER_FIELDS); `Claimed` reads what the access
+    /// token needs from it.
+    user: Box<RawValue>,
+    refresh_token_id: String,
+}
+
+/// What the access token says about the user, read from the `user` object.
+#[derive(Deserialize)]
+struct Claimed {
+    id: String,
+    phone: Option<String>,
+    default_role: String,
+    /// Read leniently, as the claims always were: not a list of strings, no roles.
+    roles: Value,
+    is_anonymous: bool,
+    metadata: Value,
+}
+
+/// A session's tokens, as the API answers them.
+#[derive(Serialize)]
+pub struct Tokens {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    expires_at: i64,
+    refresh_token: String,
+    refresh_token_id: String,
+    user: Box<RawValue>,
+}
+
+/// What a sign-in answers: a session, or, when the user must also pass TOTP, the MFA ticket
+/// (see mfa::issue_ticket).
+#[derive(Serialize)]
+pub struct Granted {
+    session: Option<Tokens>,
+    mfa: Option<Value>,
+}
+
+impl Granted {
+    pub fn session(tokens: Tokens) -> Self {
+        Granted {
+            session: Some(tokens),
+            mfa: None,
+        }
+    }
+
+    pub fn mfa(ticket: Value) -> Self {
+        Granted {
+            session: None,
+            mfa: Some(ticket),
+        }
+    }
 }
 
 /// Inserts the refresh token of session `s` (the CTE before it): $2 its parent, $3 its hash,
@@ -69,7 +119,7 @@ pub const TOKEN_CTE: &str = "t AS (
 pub static SESSION_ROW: LazyLock<String> = LazyLock::new(|| {
     format!(
         "json_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
-                           'now', floor(extract(epoch FROM now()))::bigint,
+                           'now', floor(date_part('epoch', now()))::bigint,
                            'user', {}, 'refresh_token_id', (SELECT id FROM t))",
         *USER_JSON_TEXT
     )
@@ -92,7 +142,7 @@ static START_SQL: LazyLock<String> = LazyLock::new(|| {
         "WITH s AS (
              INSERT INTO auth.sessions (user_id, aal, amr, ip)
              VALUES ($1::uuid, $5, $6 || jsonb_build_array(jsonb_build_object(
-                         'method', $7::text, 'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                         'method', $7::text, 'timestamp', floor(date_part('epoch', now()))::bigint)),
                      $8::inet)
              RETURNING id, user_id, aal, amr)",
     )
@@ -127,7 +177,7 @@ pub fn start_with(
     earlier_amr: Value,
     method: &str,
     ip: Option<&str>,
-) -> Result<Value> {
+) -> Result<Tokens> {
     let refresh_token = new_refresh_token()?;
     let row: SessionRow = db::row_as(
         &START_SQL,
@@ -147,7 +197,7 @@ pub fn start_with(
 }
 
 /// Issues an access token and a new refresh token for an existing session.
-pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Value> {
+pub fn issue(cfg: &Config, session_id: &str, parent_token_id: Option<&str>) -> Result<Tokens> {
     issue_with(&ISSUE_SQL, cfg, session_id, parent_token_id)
 }
 
@@ -158,7 +208,7 @@ fn issue_with(
     cfg: &Config,
     session_id: &str,
     parent_token_id: Option<&str>,
-) -> Result<Value> {
+) -> Result<Tokens> {
     let refresh_token = new_refresh_token()?;
     let row: SessionRow = db::row_as(
         sql,
@@ -173,20 +223,20 @@ fn issue_with(
     tokens(cfg, row, refresh_token)
 }
 
-pub fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Value> {
-    let user = &s.user;
-    let user_id = user["id"].as_str().unwrap_or_default();
-    let roles: Vec<String> = serde_json::from_value(user["roles"].clone()).unwrap_or_default();
+pub fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Tokens> {
+    let user: Claimed = serde_json::from_str(s.user.get())
+        .map_err(|e| AuthError::internal(format!("Unexpected user shape: {e}")))?;
+    let roles: Vec<String> = serde_json::from_value(user.roles).unwrap_or_default();
     let subject = TokenSubject {
-        user_id,
-        phone: user["phone"].as_str().unwrap_or_default(),
-        default_role: user["default_role"].as_str().unwrap_or_default(),
+        user_id: &user.id,
+        phone: user.phone.as_deref().unwrap_or_default(),
+        default_role: &user.default_role,
         roles: &roles,
         session_id: &s.id,
         aal: &s.aal,
-        amr: s.amr.clone(),
-        is_anonymous: user["is_anonymous"].as_bool().unwrap_or(false),
-        user_metadata: user["metadata"].clone(),
+        amr: s.amr,
+        is_anonymous: user.is_anonymous,
+        user_metadata: user.metadata,
     };
     let settings = TokenSettings {
         audience: &cfg.jwt_aud,
@@ -196,15 +246,15 @@ pub fn tokens(cfg: &Config, s: SessionRow, refresh_token: String) -> Result<Valu
     };
     let claims = build_claims(&subject, &settings, s.now);
     let access_token = sign_hs256(&claims, &config::secret("jwt_secret")?)?;
-    Ok(json!({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": cfg.jwt_exp,
-        "expires_at": claims.exp,
-        "refresh_token": refresh_token,
-        "refresh_token_id": s.refresh_token_id,
-        "user": s.user,
-    }))
+    Ok(Tokens {
+        access_token,
+        token_type: "bearer",
+        expires_in: cfg.jwt_exp,
+        expires_at: claims.exp,
+        refresh_token,
+        refresh_token_id: s.refresh_token_id,
+        user: s.user,
+    })
 }
 
 static PRESENTED_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -233,7 +283,7 @@ struct PresentedToken {
     disabled: bool,
 }
 
-fn refresh(token: Option<&str>) -> Result<Value> {
+fn refresh(token: Option<&str>) -> Result<Tokens> {
     let token = required(token, "refresh_token")?;
     if !refresh_token_well_formed(token) {
         return Err(AuthError::invalid_refresh_token());
@@ -304,11 +354,11 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
 }
 
 #[pg_extern(name = "_refresh_session")]
-fn refresh_session_impl(refresh_token: Option<&str>) -> JsonB {
+fn refresh_session_impl(refresh_token: Option<&str>) -> crate::Answer {
     crate::respond(refresh(refresh_token))
 }
 
 #[pg_extern(name = "_sign_out")]
-fn sign_out_impl(scope: Option<&str>) -> JsonB {
+fn sign_out_impl(scope: Option<&str>) -> crate::Answer {
     crate::respond(sign_out(scope))
 }

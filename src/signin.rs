@@ -285,7 +285,7 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
      s AS (
          INSERT INTO auth.sessions (user_id, aal, amr, ip)
          SELECT si.id, 'aal1', jsonb_build_array(jsonb_build_object(
-                    'method', 'sms', 'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                    'method', 'sms', 'timestamp', floor(date_part('epoch', now()))::bigint)),
                 $7::inet
          FROM signed_in si WHERE NOT si.totp
          RETURNING id, user_id, aal, amr),
@@ -304,7 +304,7 @@ struct SignedIn {
     session: Option<session::SessionRow>,
 }
 
-fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
+fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Granted> {
     let phone = phone::normalize(required(phone, "phone")?)?;
     let code = required(code, "otp")?;
     autonomous::require_own_transaction()?;
@@ -334,13 +334,15 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<Value> {
         return Err(AuthError::disabled_user());
     }
     match signed.session {
-        Some(row) => {
-            Ok(json!({"session": session::tokens(&cfg, row, refresh_token)?, "mfa": null}))
-        }
+        Some(row) => Ok(session::Granted::session(session::tokens(
+            &cfg,
+            row,
+            refresh_token,
+        )?)),
         None => {
             // The user has a verified TOTP factor and sign-in requires it.
             let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
-            Ok(json!({"session": null, "mfa": mfa}))
+            Ok(session::Granted::mfa(mfa))
         }
     }
 }
@@ -352,7 +354,7 @@ fn send_sms_otp_impl(
     data: Option<JsonB>,
     captcha_token: Option<&str>,
     channel: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(send_sms_otp(
         phone,
         create_user,
@@ -363,16 +365,16 @@ fn send_sms_otp_impl(
 }
 
 #[pg_extern(name = "_resend_sms_otp")]
-fn resend_sms_otp_impl(phone: Option<&str>) -> JsonB {
+fn resend_sms_otp_impl(phone: Option<&str>) -> crate::Answer {
     crate::respond(resend_sms_otp(phone))
 }
 
 #[pg_extern(name = "_signup_sms_otp")]
-fn signup_sms_otp_impl(phone: Option<&str>, options: Option<JsonB>) -> JsonB {
+fn signup_sms_otp_impl(phone: Option<&str>, options: Option<JsonB>) -> crate::Answer {
     crate::respond(signup_sms_otp(phone, options))
 }
 
 #[pg_extern(name = "_verify_sms_otp")]
-fn verify_sms_otp_impl(phone: Option<&str>, otp: Option<&str>) -> JsonB {
+fn verify_sms_otp_impl(phone: Option<&str>, otp: Option<&str>) -> crate::Answer {
     crate::respond(verify_sms_otp(phone, otp))
 }

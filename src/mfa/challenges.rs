@@ -14,7 +14,7 @@ use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::otp;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -108,7 +108,7 @@ fn verify(
     factor_id: Option<Uuid>,
     challenge_id: Option<Uuid>,
     code: Option<&str>,
-) -> Result<Value> {
+) -> Result<session::Tokens> {
     let factor_id = required(factor_id, "factor_id")?.to_string();
     let challenge_id = required(challenge_id, "challenge_id")?.to_string();
     let code = required(code, "code")?;
@@ -138,7 +138,7 @@ fn verify_challenge(
     made_in_this_call: bool,
     code: &str,
     ip: Option<&str>,
-) -> Result<Value> {
+) -> Result<session::Tokens> {
     let is_totp = factor.factor_type == "totp";
     otp::check_format(
         code,
@@ -271,7 +271,7 @@ fn raise_to_aal2(me: &CurrentSession, method: &str) -> Result<i64> {
         "WITH raised AS (
              UPDATE auth.sessions SET aal = 'aal2',
                  amr = amr || jsonb_build_array(jsonb_build_object(
-                     'method', $3::text, 'timestamp', floor(extract(epoch FROM now()))::bigint))
+                     'method', $3::text, 'timestamp', floor(date_part('epoch', now()))::bigint))
              WHERE id = $2::uuid),
          earlier_tokens AS (
              DELETE FROM auth.refresh_tokens WHERE $4 AND session_id = $2::uuid),
@@ -292,7 +292,7 @@ fn raise_to_aal2(me: &CurrentSession, method: &str) -> Result<i64> {
     .unwrap_or(0))
 }
 
-fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<Value> {
+fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<session::Tokens> {
     let factor_id = required(factor_id, "factor_id")?.to_string();
     let code = required(code, "code")?;
     autonomous::require_own_transaction()?;
@@ -326,7 +326,7 @@ fn assurance_level() -> Result<Value> {
 }
 
 #[pg_extern(name = "_mfa_challenge")]
-fn mfa_challenge_impl(factor_id: Option<Uuid>, channel: Option<&str>) -> JsonB {
+fn mfa_challenge_impl(factor_id: Option<Uuid>, channel: Option<&str>) -> crate::Answer {
     crate::respond(challenge(factor_id, channel))
 }
 
@@ -335,16 +335,16 @@ fn mfa_verify_impl(
     factor_id: Option<Uuid>,
     challenge_id: Option<Uuid>,
     code: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(verify(factor_id, challenge_id, code))
 }
 
 #[pg_extern(name = "_mfa_challenge_and_verify")]
-fn mfa_challenge_and_verify_impl(factor_id: Option<Uuid>, code: Option<&str>) -> JsonB {
+fn mfa_challenge_and_verify_impl(factor_id: Option<Uuid>, code: Option<&str>) -> crate::Answer {
     crate::respond(challenge_and_verify(factor_id, code))
 }
 
 #[pg_extern(name = "_mfa_get_authenticator_assurance_level")]
-fn mfa_aal_impl() -> JsonB {
+fn mfa_aal_impl() -> crate::Answer {
     crate::respond(assurance_level())
 }

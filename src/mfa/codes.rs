@@ -3,7 +3,6 @@
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::totp::{self, Algorithm};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
 fn hotp_fn(
@@ -51,7 +50,7 @@ fn hotp_impl(
     counter: Option<i64>,
     digits: Option<i32>,
     algorithm: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(hotp_fn(secret, counter, digits, algorithm))
 }
 
@@ -62,6 +61,6 @@ fn totp_impl(
     digits: Option<i32>,
     period: Option<i32>,
     algorithm: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(totp_fn(secret, at_epoch, digits, period, algorithm))
 }

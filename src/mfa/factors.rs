@@ -9,7 +9,7 @@ use pg_otp_auth_core::mfa::{check_friendly_name, check_issuer};
 use pg_otp_auth_core::totp::{self, Params};
 use pg_otp_auth_core::{otp, phone};
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -190,16 +190,16 @@ fn mfa_enroll_impl(
     friendly_name: Option<&str>,
     phone: Option<&str>,
     issuer: Option<&str>,
-) -> JsonB {
+) -> crate::Answer {
     crate::respond(enroll(factor_type, friendly_name, phone, issuer))
 }
 
 #[pg_extern(name = "_mfa_unenroll")]
-fn mfa_unenroll_impl(factor_id: Option<Uuid>) -> JsonB {
+fn mfa_unenroll_impl(factor_id: Option<Uuid>) -> crate::Answer {
     crate::respond(unenroll(factor_id))
 }
 
 #[pg_extern(name = "_mfa_list_factors")]
-fn mfa_list_factors_impl() -> JsonB {
+fn mfa_list_factors_impl() -> crate::Answer {
     crate::respond(list_factors())
 }

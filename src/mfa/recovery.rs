@@ -7,7 +7,6 @@ use pg_otp_auth_core::error::Result;
 use pg_otp_auth_core::mfa::new_recovery_codes;
 use pg_otp_auth_core::otp;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
 const RECOVERY_PURPOSE: &str = "recovery";
@@ -50,6 +49,6 @@ fn generate_recovery_codes() -> Result<Value> {
 }
 
 #[pg_extern(name = "_mfa_generate_recovery_codes")]
-fn mfa_generate_recovery_codes_impl() -> JsonB {
+fn mfa_generate_recovery_codes_impl() -> crate::Answer {
     crate::respond(generate_recovery_codes())
 }

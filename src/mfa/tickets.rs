@@ -12,7 +12,6 @@ use pg_otp_auth_core::mfa::{format_ticket, normalize_recovery_code, parse_ticket
 use pg_otp_auth_core::otp;
 use pg_otp_auth_core::session::refresh_token_hash;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -34,7 +33,7 @@ pub fn issue_ticket(cfg: &Config, user_id: &str, ip: Option<&str>) -> Result<Val
         "INSERT INTO auth.mfa_tickets (ticket_hash, user_id, first_amr, ip, expires_at)
          VALUES ($1, $2::uuid,
                  jsonb_build_array(jsonb_build_object('method', 'sms',
-                                   'timestamp', floor(extract(epoch FROM now()))::bigint)),
+                                   'timestamp', floor(date_part('epoch', now()))::bigint)),
                  $3::inet, now() + make_interval(secs => $4))",
         &[
             refresh_token_hash(&ticket).into(),
@@ -79,7 +78,12 @@ fn load_ticket(cfg: &Config, ticket: &str) -> Result<Ticket> {
     Ok(t)
 }
 
-fn finish_ticket(cfg: &Config, t: &Ticket, method: &str, ip: Option<&str>) -> Result<Value> {
+fn finish_ticket(
+    cfg: &Config,
+    t: &Ticket,
+    method: &str,
+    ip: Option<&str>,
+) -> Result<session::Granted> {
     let consumed = db::row(
         "UPDATE auth.mfa_tickets SET consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL RETURNING to_jsonb(true)",
@@ -97,10 +101,10 @@ fn finish_ticket(cfg: &Config, t: &Ticket, method: &str, ip: Option<&str>) -> Re
     )?;
     let s = session::start_with(cfg, &t.user_id, "aal2", t.first_amr.clone(), method, ip)?;
     audit("sign_in", &t.user_id, ip, json!({"mfa": method}))?;
-    Ok(json!({"session": s, "mfa": null}))
+    Ok(session::Granted::session(s))
 }
 
-fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
+fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<session::Granted> {
     let ticket = required(ticket, "ticket")?;
     let code = required(code, "otp")?;
     autonomous::require_own_transaction()?;
@@ -130,7 +134,7 @@ fn signin_totp(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
     finish_ticket(&cfg, &t, "totp", ip.as_deref())
 }
 
-fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
+fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<session::Granted> {
     let ticket = required(ticket, "ticket")?;
     let code = normalize_recovery_code(required(code, "code")?)?;
     autonomous::require_own_transaction()?;
@@ -182,11 +186,11 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<Value> {
 }
 
 #[pg_extern(name = "_signin_mfa_totp")]
-fn signin_mfa_totp_impl(ticket: Option<&str>, otp: Option<&str>) -> JsonB {
+fn signin_mfa_totp_impl(ticket: Option<&str>, otp: Option<&str>) -> crate::Answer {
     crate::respond(signin_totp(ticket, otp))
 }
 
 #[pg_extern(name = "_signin_mfa_recovery_code")]
-fn signin_mfa_recovery_code_impl(ticket: Option<&str>, code: Option<&str>) -> JsonB {
+fn signin_mfa_recovery_code_impl(ticket: Option<&str>, code: Option<&str>) -> crate::Answer {
     crate::respond(signin_recovery(ticket, code))
 }
