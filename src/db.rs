@@ -3,29 +3,129 @@
 //!
 //! Each statement is prepared once per backend and kept (SPI_keepplan): parsing and planning
 //! the same few dozen statements on every call cost more than running them. Kept plans are
-//! invalidated and rebuilt by PostgreSQL when the objects they use change, and prepared afresh
-//! by us after a number of uses (see `REPLAN_AFTER`): PostgreSQL switches a kept statement to
-//! one generic plan after five executions and keeps it until the next ANALYZE, so a plan made
-//! while a table was nearly empty (a new install, or one analyzed when empty) would keep
-//! scanning it whole as it grows to millions of rows. A fresh plan sees the table's size.
+//! generic from their first execution (CURSOR_OPT_GENERIC_PLAN): left to choose, PostgreSQL
+//! plans a kept statement afresh for each of its first five executions before it settles on
+//! the generic plan it then keeps, and the big statements of a sign-in each cost more to plan
+//! than to run, so every preparation (a new connection's first calls, and each renewal below)
+//! paid for five plannings of each. The statements' parameters select no partition and no
+//! partial index (those conditions are written as constants), so a custom plan is no better.
+//! Kept plans are invalidated and rebuilt by PostgreSQL when the objects they use change, and
+//! prepared afresh by us after a number of uses (see `REPLAN_AFTER`): PostgreSQL keeps a
+//! generic plan until the next ANALYZE, so a plan made while a table was nearly empty (a new
+//! install, or one analyzed when empty) would keep scanning it whole as it grows to millions of
+//! rows. A fresh plan sees the table's size.
 
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::JsonB;
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::cell::RefCell;
+use std::ffi::CString;
+use std::ptr::NonNull;
 
 pub type Arg<'a> = DatumWithOid<'a>;
 
-fn spi_error(e: pgrx::spi::SpiError) -> AuthError {
+fn spi_error(detail: impl std::fmt::Display) -> AuthError {
     // The detail is for the server log, not for the caller.
-    pgrx::warning!("pg_otp_auth: SPI call failed: {e}");
+    pgrx::warning!("pg_otp_auth: SPI call failed: {detail}");
     AuthError::internal("An internal database call failed.")
+}
+
+/// A statement prepared with SPI and kept for the life of the backend (SPI_keepplan), freed
+/// when dropped.
+struct Plan(NonNull<pg_sys::_SPI_plan>);
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        unsafe { pg_sys::SPI_freeplan(self.0.as_ptr()) };
+    }
+}
+
+impl Plan {
+    /// Prepares `sql` for `args`' types, with a generic plan from its first execution.
+    fn prepare(sql: &str, args: &[Arg]) -> Result<Plan> {
+        let text = CString::new(sql).map_err(spi_error)?;
+        let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+        Spi::connect(|_| unsafe {
+            let plan = pg_sys::SPI_prepare_cursor(
+                text.as_ptr(),
+                types.len() as i32,
+                types.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            );
+            let Some(plan) = NonNull::new(plan) else {
+                let status = pg_sys::SPI_result;
+                return Err(spi_error(format!("SPI_prepare: {status}")));
+            };
+            // Kept in a long-lived context, owned (and freed) by the Plan from here on.
+            let kept = Plan(plan);
+            match pg_sys::SPI_keepplan(kept.0.as_ptr()) {
+                0 => Ok(kept),
+                rc => {
+                    std::mem::forget(kept);
+                    Err(spi_error(format!("SPI_keepplan: {rc}")))
+                }
+            }
+        })
+    }
+
+    /// Runs the plan with `args` and hands `read` its result rows' first column, as pgrx's
+    /// SPI client runs a prepared statement: a statement that `mutating` first makes the
+    /// transaction take its id, and a statement runs read-only while the transaction has none.
+    fn execute<R>(
+        &self,
+        args: &[Arg],
+        mutating: bool,
+        read: impl FnOnce(&mut dyn Iterator<Item = (pg_sys::Datum, pg_sys::Oid)>) -> Result<R>,
+    ) -> Result<R> {
+        let mut values: Vec<pg_sys::Datum> = Vec::with_capacity(args.len());
+        let mut nulls: Vec<std::ffi::c_char> = Vec::with_capacity(args.len());
+        for a in args {
+            match a.datum() {
+                Some(d) => {
+                    values.push(d.sans_lifetime());
+                    nulls.push(b' ' as std::ffi::c_char);
+                }
+                None => {
+                    values.push(pg_sys::Datum::from(0usize));
+                    nulls.push(b'n' as std::ffi::c_char);
+                }
+            }
+        }
+        Spi::connect_mut(|_| unsafe {
+            if mutating {
+                pg_sys::GetCurrentTransactionId();
+            }
+            let read_only = pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId;
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+            let rc = pg_sys::SPI_execute_plan(
+                self.0.as_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                read_only,
+                0,
+            );
+            if rc < 0 {
+                return Err(spi_error(format!("SPI_execute_plan: {rc}")));
+            }
+            let table = pg_sys::SPI_tuptable;
+            // A statement without a result (no RETURNING) has no tuple table: no rows.
+            if table.is_null() || (*(*table).tupdesc).natts < 1 {
+                return read(&mut std::iter::empty());
+            }
+            let desc = (*table).tupdesc;
+            let type_oid = pg_sys::SPI_gettypeid(desc, 1);
+            let rows = std::slice::from_raw_parts((*table).vals, pg_sys::SPI_processed as usize);
+            read(&mut rows.iter().filter_map(|&tuple| {
+                let mut null = false;
+                let datum = pg_sys::SPI_getbinval(tuple, desc, 1, &mut null);
+                (!null).then_some((datum, type_oid))
+            }))
+        })
+    }
 }
 
 /// Executions of a kept plan before it is prepared afresh: 16 at first, four times more after
@@ -38,7 +138,7 @@ const REPLAN_AFTER: u32 = 1024;
 struct Kept {
     oids: Vec<u32>,
     mutating: bool,
-    plan: OwnedPreparedStatement,
+    plan: Plan,
     uses: u32,
     renew_at: u32,
 }
@@ -54,7 +154,7 @@ fn with_plan<R>(
     sql: &str,
     args: &[Arg],
     mutating: bool,
-    f: impl FnOnce(&OwnedPreparedStatement) -> Result<R>,
+    f: impl FnOnce(&Plan) -> Result<R>,
 ) -> Result<R> {
     // Taken out while it runs (a statement may call back into this library) and put back after.
     let (text, mut kept) = PLANS
@@ -69,17 +169,7 @@ fn with_plan<R>(
         Some(k) if k.uses < k.renew_at => Ok(k),
         stale => {
             let renew_at = stale.map_or(FIRST_REPLAN, |k| (k.renew_at * 4).min(REPLAN_AFTER));
-            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-            Spi::connect(|client| {
-                if mutating {
-                    client.prepare_mut(sql, &types)
-                } else {
-                    client.prepare(sql, &types)
-                }
-                .map(|p| p.keep())
-            })
-            .map_err(spi_error)
-            .map(|plan| Kept {
+            Plan::prepare(sql, args).map(|plan| Kept {
                 oids: args.iter().map(|a| a.oid().to_u32()).collect(),
                 mutating,
                 plan,
@@ -145,21 +235,17 @@ fn query<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<Vec<T>> {
     with_plan(sql, args, mutating, |plan| {
-        let read = |mut table: pgrx::spi::SpiTupleTable| -> Result<Vec<T>> {
-            let mut out = Vec::with_capacity(table.len().min(limit));
-            // A statement without a result (no RETURNING) has no tuple table: no rows.
-            let Ok(type_oid) = table.column_type_oid(1).map(|t| t.value()) else {
-                return Ok(out);
-            };
-            if type_oid != pg_sys::JSONOID && type_oid != pg_sys::JSONBOID {
-                return Err(AuthError::internal(format!(
-                    "A statement answered type {type_oid:?} where json was expected."
-                )));
-            }
-            while out.len() < limit && table.next().is_some() {
-                let Some(datum) = table.get_datum_by_ordinal(1).map_err(spi_error)? else {
-                    continue;
-                };
+        plan.execute(args, mutating, |rows| {
+            let mut out = Vec::new();
+            for (datum, type_oid) in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                if type_oid != pg_sys::JSONOID && type_oid != pg_sys::JSONBOID {
+                    return Err(AuthError::internal(format!(
+                        "A statement answered type {type_oid:?} where json was expected."
+                    )));
+                }
                 let parsed = unsafe {
                     with_json_text(datum, type_oid, |text| serde_json::from_slice::<T>(text))
                 };
@@ -169,12 +255,7 @@ fn query<T: DeserializeOwned>(
                 );
             }
             Ok(out)
-        };
-        if mutating {
-            Spi::connect_mut(|client| read(client.update(plan, None, args).map_err(spi_error)?))
-        } else {
-            Spi::connect(|client| read(client.select(plan, None, args).map_err(spi_error)?))
-        }
+        })
     })
 }
 
@@ -201,14 +282,7 @@ pub fn row_as<T: DeserializeOwned>(sql: &str, args: &[Arg]) -> Result<Option<T>>
 
 /// A statement whose result is not needed.
 pub fn run(sql: &str, args: &[Arg]) -> Result<()> {
-    with_plan(sql, args, true, |plan| {
-        Spi::connect_mut(|client| {
-            client
-                .update(plan, None, args)
-                .map(|_| ())
-                .map_err(spi_error)
-        })
-    })
+    with_plan(sql, args, true, |plan| plan.execute(args, true, |_| Ok(())))
 }
 
 /// PostgreSQL's own SQL-callable functions, as the fmgr pointers DirectFunctionCall takes (pgrx
