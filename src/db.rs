@@ -113,12 +113,13 @@ impl Plan {
             }
             let table = pg_sys::SPI_tuptable;
             // A statement without a result (no RETURNING) has no tuple table: no rows.
-            if table.is_null() || (*(*table).tupdesc).natts < 1 {
+            let processed = pg_sys::SPI_processed as usize;
+            if table.is_null() || processed == 0 || (*(*table).tupdesc).natts < 1 {
                 return read(&mut std::iter::empty());
             }
             let desc = (*table).tupdesc;
             let type_oid = pg_sys::SPI_gettypeid(desc, 1);
-            let rows = std::slice::from_raw_parts((*table).vals, pg_sys::SPI_processed as usize);
+            let rows = std::slice::from_raw_parts((*table).vals, processed);
             read(&mut rows.iter().filter_map(|&tuple| {
                 let mut null = false;
                 let datum = pg_sys::SPI_getbinval(tuple, desc, 1, &mut null);
