@@ -299,7 +299,7 @@ const CODE_ATTEMPT: &str = "WITH c AS (
                      ip AS (
                          INSERT INTO auth.rate_counters AS r (key, bucket_start, shard, hits, last_at)
                          SELECT 'verify_ip:' || host($5::inet),
-                                to_timestamp(floor(extract(epoch FROM clock_timestamp()) / 300) * 300),
+                                to_timestamp(floor(date_part('epoch', clock_timestamp()) / 300) * 300),
                                 0, 1, clock_timestamp()
                          WHERE $2 AND $5 IS NOT NULL
                          ON CONFLICT (key, bucket_start, shard)

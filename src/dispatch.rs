@@ -44,7 +44,7 @@ fn mark_failed(
     let cfg = config::load()?;
     let m: Attempted = db::row_as(
         "SELECT jsonb_build_object('attempts', attempts, 'status', status,
-                                   'seconds_until_expiry', extract(epoch FROM expires_at - now())::float8)
+                                   'seconds_until_expiry', date_part('epoch', expires_at - now()))
          FROM auth.sms_outbox WHERE id = $1::uuid FOR UPDATE",
         &[db::text(&id)],
     )?

@@ -262,7 +262,7 @@ static PRESENTED_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT jsonb_build_object(
                     'id', r.id, 'session_id', r.session_id,
                     'expired', r.expires_at <= clock_timestamp(),
-                    'rotated_age', extract(epoch FROM clock_timestamp() - r.rotated_at),
+                    'rotated_age', date_part('epoch', clock_timestamp() - r.rotated_at),
                     'children', (SELECT count(*) FROM auth.refresh_tokens c WHERE c.parent_id = r.id),
                     'session_revoked', s.revoked_at IS NOT NULL, 'disabled', {USER_BLOCKED})
          FROM auth.refresh_tokens r

@@ -112,7 +112,7 @@ fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result
     // Newest first, without an aggregate (see outbox::counter_rows_sql).
     let newest_first: Vec<f64> = db::row_as(
         "SELECT to_json(ARRAY(
-             SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM auth.audit_log
+             SELECT date_part('epoch', clock_timestamp() - created_at) FROM auth.audit_log
              WHERE user_id = $1::uuid AND event IN ('mfa_verify_failed', 'mfa_signin_failed')
                AND detail ->> 'factor_id' = $2
                AND created_at > clock_timestamp() - make_interval(secs => $3)
