@@ -1,13 +1,16 @@
 -- The public SQL API of pg_otp_auth: the contract PostgREST and SQL clients call.
 --
--- Each public function is a thin SECURITY DEFINER wrapper around an internal Rust function
--- (auth._*) that returns {"ok": result} or {"error": {status, code, message, hint}}. The wrappers
--- are PL/pgSQL, which keeps a call's plan for the session (a SQL function with SET search_path
--- is parsed and planned again on every call, about 4% of a sign-in's time). The wrapper
--- raises the error as SQLSTATE PT<status> (PostgREST answers HTTP <status>) with the stable code
--- in DETAIL; raising here, after the Rust call returned, rolls back everything the call wrote.
--- Only counters and audit rows that must survive a failure are written outside the
--- transaction, by a background worker (see src/autonomous.rs).
+-- Every public function is SECURITY DEFINER with a fixed search_path. A failure raises SQLSTATE
+-- PT<status> (PostgREST answers HTTP <status>) with the stable code in DETAIL, which rolls back
+-- everything the call wrote. Only counters and audit rows that must survive a failure are
+-- written outside the transaction, by a background worker (see src/autonomous.rs).
+--
+-- A function whose answer is jsonb is the Rust function itself (LANGUAGE c): it answers, or
+-- raises its error once everything it held is released (src/answer.rs). The few whose answer SQL
+-- reshapes (text, text[], void, a table) are PL/pgSQL wrappers around an internal function
+-- (auth._*) that returns {"ok": result} or {"error": {status, code, message, hint}}, raised by
+-- auth._unwrap. PL/pgSQL keeps a call's plan for the session; a SQL function with SET
+-- search_path is parsed and planned again on every call.
 
 CREATE FUNCTION auth._unwrap(result jsonb) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -62,18 +65,12 @@ CREATE FUNCTION auth.send_sms_otp(
     captcha_token text DEFAULT NULL,
     channel text DEFAULT 'sms'
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_send_sms_otp';
 
 CREATE FUNCTION auth.resend_sms_otp(phone text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._resend_sms_otp(phone));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_resend_sms_otp';
 
 CREATE FUNCTION auth.signup_sms_otp(phone text, options jsonb DEFAULT '{}') RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -83,18 +80,12 @@ END
 $$;
 
 CREATE FUNCTION auth.verify_sms_otp(phone text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._verify_sms_otp(phone, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_verify_sms_otp';
 
 CREATE FUNCTION auth.refresh_session(refresh_token text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._refresh_session(refresh_token));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_refresh_session';
 
 CREATE FUNCTION auth.sign_out(scope text DEFAULT 'local') RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -111,67 +102,40 @@ CREATE FUNCTION auth.mfa_enroll(
     phone text DEFAULT NULL,
     issuer text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_enroll';
 
 CREATE FUNCTION auth.mfa_challenge(factor_id uuid, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_challenge(factor_id, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_challenge';
 
 CREATE FUNCTION auth.mfa_verify(factor_id uuid, challenge_id uuid, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_verify';
 
 CREATE FUNCTION auth.mfa_challenge_and_verify(factor_id uuid, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_challenge_and_verify';
 
 CREATE FUNCTION auth.mfa_unenroll(factor_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_unenroll(factor_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_unenroll';
 
 CREATE FUNCTION auth.mfa_list_factors() RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_list_factors());
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_list_factors';
 
 CREATE FUNCTION auth.mfa_get_authenticator_assurance_level() RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_get_authenticator_assurance_level());
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_get_authenticator_assurance_level';
 
 CREATE FUNCTION auth.signin_mfa_totp(ticket text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._signin_mfa_totp(ticket, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_signin_mfa_totp';
 
 CREATE FUNCTION auth.signin_mfa_recovery_code(ticket text, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._signin_mfa_recovery_code(ticket, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_signin_mfa_recovery_code';
 
 CREATE FUNCTION auth.mfa_generate_recovery_codes() RETURNS text[]
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -361,18 +325,12 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE FUNCTION auth.set_setting(name text, value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._set_setting(name, value));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_set_setting';
 
 CREATE FUNCTION auth.reset_setting(name text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._reset_setting(name));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_reset_setting';
 
 -- The secret PostgREST needs as jwt-secret (PGRST_JWT_SECRET).
 CREATE FUNCTION auth.jwt_secret() RETURNS text
@@ -458,11 +416,8 @@ $$;
 -- The signed-in user's own account (acting user: the live session in request.jwt.claims).
 
 CREATE FUNCTION auth.get_user() RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._get_user());
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_get_user';
 
 -- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
 -- metadata is merged into the stored object (a key set to null is removed).
@@ -472,25 +427,16 @@ CREATE FUNCTION auth.update_user(
     avatar_url text DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_update_user';
 
 CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._change_phone(new_phone, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_change_phone';
 
 CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._verify_phone_change(new_phone, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_verify_phone_change';
 
 -- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
 -- PostgREST service role). Every action is audited with the acting role (audit_log.actor).
@@ -504,62 +450,37 @@ CREATE FUNCTION auth.admin_create_user(
     roles text[] DEFAULT NULL,
     default_role text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
-                                                metadata, roles, default_role));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_create_user';
 
 CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_get_user(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_get_user';
 
 CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
                                       phone_prefix text DEFAULT NULL) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_list_users';
 
 CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_update_user(user_id, attributes));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_update_user';
 
 CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_delete_user(user_id, soft));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_delete_user';
 
 CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_list_factors(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_list_factors';
 
 CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_delete_factor(user_id, factor_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_delete_factor';
 
 CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_sign_out(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_sign_out';
 
 -- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.
 CREATE FUNCTION auth.grant_admin(role_name name) RETURNS void

@@ -149,90 +149,11 @@ REVOKE EXECUTE ON FUNCTION auth._settings_changed() FROM PUBLIC;
 ALTER TABLE auth.users ADD COLUMN banned_until timestamptz, ADD COLUMN deleted_at timestamptz;
 ALTER TABLE auth.audit_log ADD COLUMN actor text;
 
-CREATE FUNCTION auth."_get_user"() RETURNS jsonb
-STRICT
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'account_get_user_impl_wrapper';
-CREATE FUNCTION auth."_update_user"(
-	"display_name" TEXT,
-	"locale" TEXT,
-	"avatar_url" TEXT,
-	"metadata" jsonb
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'account_update_user_impl_wrapper';
-CREATE FUNCTION auth."_change_phone"(
-	"new_phone" TEXT,
-	"channel" TEXT
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'account_change_phone_impl_wrapper';
-CREATE FUNCTION auth."_verify_phone_change"(
-	"new_phone" TEXT,
-	"otp" TEXT
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'account_verify_phone_change_impl_wrapper';
-CREATE FUNCTION auth."_admin_create_user"(
-	"phone" TEXT,
-	"phone_confirmed" bool,
-	"display_name" TEXT,
-	"locale" TEXT,
-	"metadata" jsonb,
-	"roles" TEXT[],
-	"default_role" TEXT
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_create_user_impl_wrapper';
-CREATE FUNCTION auth."_admin_get_user"(
-	"user_id" uuid
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_get_user_impl_wrapper';
-CREATE FUNCTION auth."_admin_list_users"(
-	"page" INT,
-	"per_page" INT,
-	"phone_prefix" TEXT
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_list_users_impl_wrapper';
-CREATE FUNCTION auth."_admin_update_user"(
-	"user_id" uuid,
-	"attributes" jsonb
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_update_user_impl_wrapper';
-CREATE FUNCTION auth."_admin_delete_user"(
-	"user_id" uuid,
-	"soft" bool
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_delete_user_impl_wrapper';
-CREATE FUNCTION auth."_admin_list_factors"(
-	"user_id" uuid
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_list_factors_impl_wrapper';
-CREATE FUNCTION auth."_admin_delete_factor"(
-	"user_id" uuid,
-	"factor_id" uuid
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_delete_factor_impl_wrapper';
-CREATE FUNCTION auth."_admin_sign_out"(
-	"user_id" uuid
-) RETURNS jsonb
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'admin_sign_out_impl_wrapper';
-
 -- The signed-in user's own account (acting user: the live session in request.jwt.claims).
 
 CREATE FUNCTION auth.get_user() RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._get_user());
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_get_user';
 
 -- Each argument is optional (NULL: unchanged). display_name or avatar_url '' clears it;
 -- metadata is merged into the stored object (a key set to null is removed).
@@ -242,25 +163,16 @@ CREATE FUNCTION auth.update_user(
     avatar_url text DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._update_user(display_name, locale, avatar_url, metadata));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_update_user';
 
 CREATE FUNCTION auth.change_phone(new_phone text, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._change_phone(new_phone, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_change_phone';
 
 CREATE FUNCTION auth.verify_phone_change(new_phone text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._verify_phone_change(new_phone, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_verify_phone_change';
 
 -- Administration of users: the extension owner, and roles given auth.grant_admin (such as a
 -- PostgREST service role). Every action is audited with the acting role (audit_log.actor).
@@ -274,62 +186,37 @@ CREATE FUNCTION auth.admin_create_user(
     roles text[] DEFAULT NULL,
     default_role text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_create_user(phone, phone_confirmed, display_name, locale,
-                                                metadata, roles, default_role));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_create_user';
 
 CREATE FUNCTION auth.admin_get_user(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_get_user(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_get_user';
 
 CREATE FUNCTION auth.admin_list_users(page integer DEFAULT 1, per_page integer DEFAULT 50,
                                       phone_prefix text DEFAULT NULL) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_list_users(page, per_page, phone_prefix));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_list_users';
 
 CREATE FUNCTION auth.admin_update_user(user_id uuid, attributes jsonb) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_update_user(user_id, attributes));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_update_user';
 
 CREATE FUNCTION auth.admin_delete_user(user_id uuid, soft boolean DEFAULT false) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_delete_user(user_id, soft));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_delete_user';
 
 CREATE FUNCTION auth.admin_list_factors(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_list_factors(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_list_factors';
 
 CREATE FUNCTION auth.admin_delete_factor(user_id uuid, factor_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_delete_factor(user_id, factor_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_delete_factor';
 
 CREATE FUNCTION auth.admin_sign_out(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._admin_sign_out(user_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_admin_sign_out';
 
 -- Owner only: lets role_name call the admin_* functions (and set_user_disabled), or stops it.
 CREATE FUNCTION auth.grant_admin(role_name name) RETURNS void
@@ -380,12 +267,6 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION
-    auth._get_user(), auth._update_user(text, text, text, jsonb), auth._change_phone(text, text),
-    auth._verify_phone_change(text, text),
-    auth._admin_create_user(text, boolean, text, text, jsonb, text[], text),
-    auth._admin_get_user(uuid), auth._admin_list_users(integer, integer, text),
-    auth._admin_update_user(uuid, jsonb), auth._admin_delete_user(uuid, boolean),
-    auth._admin_list_factors(uuid), auth._admin_delete_factor(uuid, uuid), auth._admin_sign_out(uuid),
     auth.admin_create_user(text, boolean, text, text, jsonb, text[], text),
     auth.admin_get_user(uuid), auth.admin_list_users(integer, integer, text),
     auth.admin_update_user(uuid, jsonb), auth.admin_delete_user(uuid, boolean),
@@ -542,8 +423,10 @@ BEGIN
 END
 $$;
 
--- The API's wrappers are PL/pgSQL: a SQL function with SET search_path is parsed and planned
--- again on every call, a PL/pgSQL one keeps its plan for the session.
+-- An API function that answers the jsonb of its internal function is now that function:
+-- LANGUAGE c, raising its own errors (src/answer.rs), with no wrapper and no second call. The
+-- wrappers that reshape an answer are PL/pgSQL: a SQL function with SET search_path is parsed
+-- and planned again on every call, a PL/pgSQL one keeps its plan for the session.
 CREATE OR REPLACE FUNCTION auth.send_sms_otp(
     phone text,
     create_user boolean DEFAULT true,
@@ -551,18 +434,12 @@ CREATE OR REPLACE FUNCTION auth.send_sms_otp(
     captcha_token text DEFAULT NULL,
     channel text DEFAULT 'sms'
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._send_sms_otp(phone, create_user, data, captcha_token, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_send_sms_otp';
 
 CREATE OR REPLACE FUNCTION auth.resend_sms_otp(phone text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._resend_sms_otp(phone));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_resend_sms_otp';
 
 CREATE OR REPLACE FUNCTION auth.signup_sms_otp(phone text, options jsonb DEFAULT '{}') RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -572,18 +449,12 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION auth.verify_sms_otp(phone text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._verify_sms_otp(phone, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_verify_sms_otp';
 
 CREATE OR REPLACE FUNCTION auth.refresh_session(refresh_token text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._refresh_session(refresh_token));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_refresh_session';
 
 CREATE OR REPLACE FUNCTION auth.mfa_enroll(
     factor_type text,
@@ -591,67 +462,40 @@ CREATE OR REPLACE FUNCTION auth.mfa_enroll(
     phone text DEFAULT NULL,
     issuer text DEFAULT NULL
 ) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_enroll(factor_type, friendly_name, phone, issuer));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_enroll';
 
 CREATE OR REPLACE FUNCTION auth.mfa_challenge(factor_id uuid, channel text DEFAULT 'sms') RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_challenge(factor_id, channel));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_challenge';
 
 CREATE OR REPLACE FUNCTION auth.mfa_verify(factor_id uuid, challenge_id uuid, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_verify(factor_id, challenge_id, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_verify';
 
 CREATE OR REPLACE FUNCTION auth.mfa_challenge_and_verify(factor_id uuid, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_challenge_and_verify(factor_id, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_challenge_and_verify';
 
 CREATE OR REPLACE FUNCTION auth.mfa_unenroll(factor_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_unenroll(factor_id));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_unenroll';
 
 CREATE OR REPLACE FUNCTION auth.mfa_list_factors() RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_list_factors());
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_list_factors';
 
 CREATE OR REPLACE FUNCTION auth.mfa_get_authenticator_assurance_level() RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._mfa_get_authenticator_assurance_level());
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_mfa_get_authenticator_assurance_level';
 
 CREATE OR REPLACE FUNCTION auth.signin_mfa_totp(ticket text, otp text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._signin_mfa_totp(ticket, otp));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_signin_mfa_totp';
 
 CREATE OR REPLACE FUNCTION auth.signin_mfa_recovery_code(ticket text, code text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._signin_mfa_recovery_code(ticket, code));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_signin_mfa_recovery_code';
 
 CREATE OR REPLACE FUNCTION auth.hotp(secret bytea, counter bigint, digits integer DEFAULT 6, algorithm text DEFAULT 'sha1')
 RETURNS text
@@ -671,18 +515,28 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION auth.set_setting(name text, value jsonb) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._set_setting(name, value));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_set_setting';
 
 CREATE OR REPLACE FUNCTION auth.reset_setting(name text) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN auth._unwrap(auth._reset_setting(name));
-END
-$$;
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'auth_reset_setting';
+
+DROP FUNCTION auth._send_sms_otp(text, bool, jsonb, text, text),
+    auth._resend_sms_otp(text),
+    auth._verify_sms_otp(text, text),
+    auth._refresh_session(text),
+    auth._mfa_enroll(text, text, text, text),
+    auth._mfa_challenge(uuid, text),
+    auth._mfa_verify(uuid, uuid, text),
+    auth._mfa_challenge_and_verify(uuid, text),
+    auth._mfa_unenroll(uuid),
+    auth._mfa_list_factors(),
+    auth._mfa_get_authenticator_assurance_level(),
+    auth._signin_mfa_totp(text, text),
+    auth._signin_mfa_recovery_code(text, text),
+    auth._set_setting(text, jsonb),
+    auth._reset_setting(text);
 
 -- Time-ordered ids for the tables written on every call (see schema.sql); existing rows keep
 -- theirs.

@@ -11,7 +11,6 @@ use crate::{audit, config, db};
 use pg_otp_auth_core::account::{self as rules, Changes};
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::{otp, phone};
-use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -326,27 +325,31 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
     Ok(json!({"user": user_json(&me.user_id)?}))
 }
 
-#[pg_extern(name = "_get_user")]
-fn account_get_user_impl() -> crate::Answer {
-    crate::respond(get_user())
-}
+crate::answer::api_function!(
+    auth_get_user,
+    pg_finfo_auth_get_user,
+    () => get_user()
+);
 
-#[pg_extern(name = "_update_user")]
-fn account_update_user_impl(
-    display_name: Option<&str>,
-    locale: Option<&str>,
-    avatar_url: Option<&str>,
-    metadata: Option<JsonB>,
-) -> crate::Answer {
-    crate::respond(update_user(display_name, locale, avatar_url, metadata))
-}
+crate::answer::api_function!(
+    auth_update_user,
+    pg_finfo_auth_update_user,
+    (
+        display_name: Option<&str>,
+        locale: Option<&str>,
+        avatar_url: Option<&str>,
+        metadata: Option<JsonB>,
+    ) => update_user(display_name, locale, avatar_url, metadata)
+);
 
-#[pg_extern(name = "_change_phone")]
-fn account_change_phone_impl(new_phone: Option<&str>, channel: Option<&str>) -> crate::Answer {
-    crate::respond(change_phone(new_phone, channel))
-}
+crate::answer::api_function!(
+    auth_change_phone,
+    pg_finfo_auth_change_phone,
+    (new_phone: Option<&str>, channel: Option<&str>) => change_phone(new_phone, channel)
+);
 
-#[pg_extern(name = "_verify_phone_change")]
-fn account_verify_phone_change_impl(new_phone: Option<&str>, otp: Option<&str>) -> crate::Answer {
-    crate::respond(verify_phone_change(new_phone, otp))
-}
+crate::answer::api_function!(
+    auth_verify_phone_change,
+    pg_finfo_auth_verify_phone_change,
+    (new_phone: Option<&str>, otp: Option<&str>) => verify_phone_change(new_phone, otp)
+);

@@ -10,7 +10,6 @@ use crate::{config, db};
 use pg_otp_auth_core::account::{self as rules, Changes};
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::phone;
-use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::sync::LazyLock;
@@ -300,65 +299,65 @@ fn sign_out(user_id: Option<pgrx::Uuid>) -> Result<Value> {
     Ok(json!({"revoked_sessions": n}))
 }
 
-#[pg_extern(name = "_admin_create_user")]
-fn admin_create_user_impl(
-    phone: Option<&str>,
-    phone_confirmed: Option<bool>,
-    display_name: Option<&str>,
-    locale: Option<&str>,
-    metadata: Option<JsonB>,
-    roles: Option<Vec<Option<String>>>,
-    default_role: Option<&str>,
-) -> crate::Answer {
-    crate::respond(create_user(
-        phone,
-        phone_confirmed,
-        display_name,
-        locale,
-        metadata,
-        roles,
-        default_role,
-    ))
-}
+crate::answer::api_function!(
+    auth_admin_create_user,
+    pg_finfo_auth_admin_create_user,
+    (
+        phone: Option<&str>,
+        phone_confirmed: Option<bool>,
+        display_name: Option<&str>,
+        locale: Option<&str>,
+        metadata: Option<JsonB>,
+        roles: Option<Vec<Option<String>>>,
+        default_role: Option<&str>,
+    ) => create_user(phone, phone_confirmed, display_name, locale, metadata, roles, default_role)
+);
 
-#[pg_extern(name = "_admin_get_user")]
-fn admin_get_user_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
-    crate::respond(get_user(user_id))
-}
+crate::answer::api_function!(
+    auth_admin_get_user,
+    pg_finfo_auth_admin_get_user,
+    (user_id: Option<pgrx::Uuid>) => get_user(user_id)
+);
 
-#[pg_extern(name = "_admin_list_users")]
-fn admin_list_users_impl(
-    page: Option<i32>,
-    per_page: Option<i32>,
-    phone_prefix: Option<&str>,
-) -> crate::Answer {
-    crate::respond(list_users(page, per_page, phone_prefix))
-}
+crate::answer::api_function!(
+    auth_admin_list_users,
+    pg_finfo_auth_admin_list_users,
+    (
+        page: Option<i32>,
+        per_page: Option<i32>,
+        phone_prefix: Option<&str>,
+    ) => list_users(page, per_page, phone_prefix)
+);
 
-#[pg_extern(name = "_admin_update_user")]
-fn admin_update_user_impl(user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) -> crate::Answer {
-    crate::respond(update_user(user_id, attributes))
-}
+crate::answer::api_function!(
+    auth_admin_update_user,
+    pg_finfo_auth_admin_update_user,
+    (user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) => update_user(user_id, attributes)
+);
 
-#[pg_extern(name = "_admin_delete_user")]
-fn admin_delete_user_impl(user_id: Option<pgrx::Uuid>, soft: Option<bool>) -> crate::Answer {
-    crate::respond(delete_user(user_id, soft))
-}
+crate::answer::api_function!(
+    auth_admin_delete_user,
+    pg_finfo_auth_admin_delete_user,
+    (user_id: Option<pgrx::Uuid>, soft: Option<bool>) => delete_user(user_id, soft)
+);
 
-#[pg_extern(name = "_admin_list_factors")]
-fn admin_list_factors_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
-    crate::respond(list_factors(user_id))
-}
+crate::answer::api_function!(
+    auth_admin_list_factors,
+    pg_finfo_auth_admin_list_factors,
+    (user_id: Option<pgrx::Uuid>) => list_factors(user_id)
+);
 
-#[pg_extern(name = "_admin_delete_factor")]
-fn admin_delete_factor_impl(
-    user_id: Option<pgrx::Uuid>,
-    factor_id: Option<pgrx::Uuid>,
-) -> crate::Answer {
-    crate::respond(delete_factor(user_id, factor_id))
-}
+crate::answer::api_function!(
+    auth_admin_delete_factor,
+    pg_finfo_auth_admin_delete_factor,
+    (
+        user_id: Option<pgrx::Uuid>,
+        factor_id: Option<pgrx::Uuid>,
+    ) => delete_factor(user_id, factor_id)
+);
 
-#[pg_extern(name = "_admin_sign_out")]
-fn admin_sign_out_impl(user_id: Option<pgrx::Uuid>) -> crate::Answer {
-    crate::respond(sign_out(user_id))
-}
+crate::answer::api_function!(
+    auth_admin_sign_out,
+    pg_finfo_auth_admin_sign_out,
+    (user_id: Option<pgrx::Uuid>) => sign_out(user_id)
+);

@@ -135,13 +135,19 @@ fn require_schema_of_this_library() -> Result<()> {
         MATCHED.store(true, Ordering::Relaxed);
         return Ok(());
     }
-    Err(AuthError::new(
+    Err(update_required())
+}
+
+/// The answer of a call this library cannot serve until the database's schema is updated.
+pub fn update_required() -> AuthError {
+    AuthError::new(
         503,
         "update-required",
         format!(
-            "The pg_otp_auth library is version {library}; run ALTER EXTENSION pg_otp_auth UPDATE in this database."
+            "The pg_otp_auth library is version {}; run ALTER EXTENSION pg_otp_auth UPDATE in this database.",
+            env!("CARGO_PKG_VERSION")
         ),
-    ))
+    )
 }
 
 pub fn secret(name: &str) -> Result<Vec<u8>> {
@@ -217,16 +223,20 @@ fn setting_impl(name: Option<&str>) -> crate::Answer {
     crate::respond(required(name, "name").and_then(value_of))
 }
 
-#[pg_extern(name = "_set_setting")]
-fn set_setting_impl(name: Option<&str>, value: Option<JsonB>) -> crate::Answer {
-    crate::respond((|| {
-        let name = required(name, "name")?;
-        let JsonB(value) = required(value, "value")?;
-        set(name, &value)
-    })())
+fn set_setting(name: Option<&str>, value: Option<JsonB>) -> Result<Value> {
+    let name = required(name, "name")?;
+    let JsonB(value) = required(value, "value")?;
+    set(name, &value)
 }
 
-#[pg_extern(name = "_reset_setting")]
-fn reset_setting_impl(name: Option<&str>) -> crate::Answer {
-    crate::respond(required(name, "name").and_then(reset))
-}
+crate::answer::api_function!(
+    auth_set_setting,
+    pg_finfo_auth_set_setting,
+    (name: Option<&str>, value: Option<JsonB>) => set_setting(name, value)
+);
+
+crate::answer::api_function!(
+    auth_reset_setting,
+    pg_finfo_auth_reset_setting,
+    (name: Option<&str>) => required(name, "name").and_then(reset)
+);

@@ -353,10 +353,11 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
     Ok(Value::Null)
 }
 
-#[pg_extern(name = "_refresh_session")]
-fn refresh_session_impl(refresh_token: Option<&str>) -> crate::Answer {
-    crate::respond(refresh(refresh_token))
-}
+crate::answer::api_function!(
+    auth_refresh_session,
+    pg_finfo_auth_refresh_session,
+    (refresh_token: Option<&str>) => refresh(refresh_token)
+);
 
 #[pg_extern(name = "_sign_out")]
 fn sign_out_impl(scope: Option<&str>) -> crate::Answer {

@@ -347,34 +347,31 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
     }
 }
 
-#[pg_extern(name = "_send_sms_otp")]
-fn send_sms_otp_impl(
-    phone: Option<&str>,
-    create_user: Option<bool>,
-    data: Option<JsonB>,
-    captcha_token: Option<&str>,
-    channel: Option<&str>,
-) -> crate::Answer {
-    crate::respond(send_sms_otp(
-        phone,
-        create_user,
-        data,
-        captcha_token,
-        channel,
-    ))
-}
+crate::answer::api_function!(
+    auth_send_sms_otp,
+    pg_finfo_auth_send_sms_otp,
+    (
+        phone: Option<&str>,
+        create_user: Option<bool>,
+        data: Option<JsonB>,
+        captcha_token: Option<&str>,
+        channel: Option<&str>,
+    ) => send_sms_otp(phone, create_user, data, captcha_token, channel)
+);
 
-#[pg_extern(name = "_resend_sms_otp")]
-fn resend_sms_otp_impl(phone: Option<&str>) -> crate::Answer {
-    crate::respond(resend_sms_otp(phone))
-}
+crate::answer::api_function!(
+    auth_resend_sms_otp,
+    pg_finfo_auth_resend_sms_otp,
+    (phone: Option<&str>) => resend_sms_otp(phone)
+);
 
 #[pg_extern(name = "_signup_sms_otp")]
 fn signup_sms_otp_impl(phone: Option<&str>, options: Option<JsonB>) -> crate::Answer {
     crate::respond(signup_sms_otp(phone, options))
 }
 
-#[pg_extern(name = "_verify_sms_otp")]
-fn verify_sms_otp_impl(phone: Option<&str>, otp: Option<&str>) -> crate::Answer {
-    crate::respond(verify_sms_otp(phone, otp))
-}
+crate::answer::api_function!(
+    auth_verify_sms_otp,
+    pg_finfo_auth_verify_sms_otp,
+    (phone: Option<&str>, otp: Option<&str>) => verify_sms_otp(phone, otp)
+);

@@ -13,7 +13,6 @@ use pg_otp_auth_core::clock::unix_seconds;
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::otp;
-use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -325,26 +324,30 @@ fn assurance_level() -> Result<Value> {
     }))
 }
 
-#[pg_extern(name = "_mfa_challenge")]
-fn mfa_challenge_impl(factor_id: Option<Uuid>, channel: Option<&str>) -> crate::Answer {
-    crate::respond(challenge(factor_id, channel))
-}
+crate::answer::api_function!(
+    auth_mfa_challenge,
+    pg_finfo_auth_mfa_challenge,
+    (factor_id: Option<Uuid>, channel: Option<&str>) => challenge(factor_id, channel)
+);
 
-#[pg_extern(name = "_mfa_verify")]
-fn mfa_verify_impl(
-    factor_id: Option<Uuid>,
-    challenge_id: Option<Uuid>,
-    code: Option<&str>,
-) -> crate::Answer {
-    crate::respond(verify(factor_id, challenge_id, code))
-}
+crate::answer::api_function!(
+    auth_mfa_verify,
+    pg_finfo_auth_mfa_verify,
+    (
+        factor_id: Option<Uuid>,
+        challenge_id: Option<Uuid>,
+        code: Option<&str>,
+    ) => verify(factor_id, challenge_id, code)
+);
 
-#[pg_extern(name = "_mfa_challenge_and_verify")]
-fn mfa_challenge_and_verify_impl(factor_id: Option<Uuid>, code: Option<&str>) -> crate::Answer {
-    crate::respond(challenge_and_verify(factor_id, code))
-}
+crate::answer::api_function!(
+    auth_mfa_challenge_and_verify,
+    pg_finfo_auth_mfa_challenge_and_verify,
+    (factor_id: Option<Uuid>, code: Option<&str>) => challenge_and_verify(factor_id, code)
+);
 
-#[pg_extern(name = "_mfa_get_authenticator_assurance_level")]
-fn mfa_aal_impl() -> crate::Answer {
-    crate::respond(assurance_level())
-}
+crate::answer::api_function!(
+    auth_mfa_get_authenticator_assurance_level,
+    pg_finfo_auth_mfa_get_authenticator_assurance_level,
+    () => assurance_level()
+);

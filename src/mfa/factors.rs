@@ -8,7 +8,6 @@ use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::mfa::{check_friendly_name, check_issuer};
 use pg_otp_auth_core::totp::{self, Params};
 use pg_otp_auth_core::{otp, phone};
-use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -184,22 +183,25 @@ fn list_factors() -> Result<Value> {
     Ok(json!({"all": all, "totp": verified("totp"), "phone": verified("phone")}))
 }
 
-#[pg_extern(name = "_mfa_enroll")]
-fn mfa_enroll_impl(
-    factor_type: Option<&str>,
-    friendly_name: Option<&str>,
-    phone: Option<&str>,
-    issuer: Option<&str>,
-) -> crate::Answer {
-    crate::respond(enroll(factor_type, friendly_name, phone, issuer))
-}
+crate::answer::api_function!(
+    auth_mfa_enroll,
+    pg_finfo_auth_mfa_enroll,
+    (
+        factor_type: Option<&str>,
+        friendly_name: Option<&str>,
+        phone: Option<&str>,
+        issuer: Option<&str>,
+    ) => enroll(factor_type, friendly_name, phone, issuer)
+);
 
-#[pg_extern(name = "_mfa_unenroll")]
-fn mfa_unenroll_impl(factor_id: Option<Uuid>) -> crate::Answer {
-    crate::respond(unenroll(factor_id))
-}
+crate::answer::api_function!(
+    auth_mfa_unenroll,
+    pg_finfo_auth_mfa_unenroll,
+    (factor_id: Option<Uuid>) => unenroll(factor_id)
+);
 
-#[pg_extern(name = "_mfa_list_factors")]
-fn mfa_list_factors_impl() -> crate::Answer {
-    crate::respond(list_factors())
-}
+crate::answer::api_function!(
+    auth_mfa_list_factors,
+    pg_finfo_auth_mfa_list_factors,
+    () => list_factors()
+);

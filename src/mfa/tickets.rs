@@ -11,7 +11,6 @@ use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::mfa::{format_ticket, normalize_recovery_code, parse_ticket};
 use pg_otp_auth_core::otp;
 use pg_otp_auth_core::session::refresh_token_hash;
-use pgrx::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -185,12 +184,14 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<session::
     finish_ticket(&cfg, &t, "recovery", ip.as_deref())
 }
 
-#[pg_extern(name = "_signin_mfa_totp")]
-fn signin_mfa_totp_impl(ticket: Option<&str>, otp: Option<&str>) -> crate::Answer {
-    crate::respond(signin_totp(ticket, otp))
-}
+crate::answer::api_function!(
+    auth_signin_mfa_totp,
+    pg_finfo_auth_signin_mfa_totp,
+    (ticket: Option<&str>, otp: Option<&str>) => signin_totp(ticket, otp)
+);
 
-#[pg_extern(name = "_signin_mfa_recovery_code")]
-fn signin_mfa_recovery_code_impl(ticket: Option<&str>, code: Option<&str>) -> crate::Answer {
-    crate::respond(signin_recovery(ticket, code))
-}
+crate::answer::api_function!(
+    auth_signin_mfa_recovery_code,
+    pg_finfo_auth_signin_mfa_recovery_code,
+    (ticket: Option<&str>, code: Option<&str>) => signin_recovery(ticket, code)
+);

@@ -18,6 +18,15 @@ def test_settings_listing_and_reset(db):
     assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'setting_changed'") >= 1
 
 
+def test_a_setting_out_of_range_is_refused_and_nothing_is_written(db):
+    before = db.counts()
+    with raises_auth(400, "invalid-request") as exc:
+        db.q("SELECT auth.set_setting('otp_length', '4')")
+    assert "otp_length" in exc.value.diag.message_primary
+    assert db.counts() == before
+    assert db.one("SELECT value FROM auth.settings() WHERE name = 'otp_length'") == 6
+
+
 def test_set_user_disabled_revokes_sessions(db):
     s = db.sign_in("+15551111111")
     uid = s["user"]["id"]

@@ -47,7 +47,7 @@ def test_client_roles_can_execute_only_the_public_api(db, role):
     "auth.settings()", "auth.set_setting('otp_length', '8')", "auth.reset_setting('otp_length')",
     "auth.jwt_secret()", "auth.set_jwt_secret(repeat('x', 40))", "auth.purge_expired()",
     "auth.set_user_disabled(gen_random_uuid())", "auth._random_bytes(32)",
-    "auth._verify_sms_otp('+15550000000', '123456')",
+    "auth._signup_sms_otp('+15550000000', '{}')", "auth._unwrap('{}')",
 ])
 def test_admin_and_internal_functions_are_refused(db, call):
     conn = db.connect()
