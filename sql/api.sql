@@ -532,6 +532,14 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'sms_outbox_notify_wrapper';
 CREATE TRIGGER sms_outbox_notify AFTER INSERT ON auth.sms_outbox
     FOR EACH ROW EXECUTE FUNCTION auth._sms_outbox_notify();
 
+-- Deleting or truncating counter rows (a DBA resetting a limit, or auth.purge_expired) drops
+-- the hourly budget's tally in shared memory when the transaction commits, so the next send
+-- counts from the rows again (src/budget.rs).
+CREATE FUNCTION auth._rate_counters_deleted() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'rate_counters_deleted_wrapper';
+CREATE TRIGGER rate_counters_deleted AFTER DELETE OR TRUNCATE ON auth.rate_counters
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._rate_counters_deleted();
+
 -- Least privilege: nothing in schema auth is executable by PUBLIC unless granted below.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA auth FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -585,3 +585,12 @@ ALTER DOMAIN auth.message_channel
     ADD CONSTRAINT message_channel_check CHECK (VALUE IN ('sms', 'whatsapp'));
 ALTER DOMAIN auth.assurance_level
     ADD CONSTRAINT assurance_level_check CHECK (VALUE IN ('aal1', 'aal2'));
+
+-- Deleting or truncating counter rows (a DBA resetting a limit, or auth.purge_expired) drops
+-- the hourly budget's tally in shared memory when the transaction commits, so the next send
+-- counts from the rows again (src/budget.rs).
+CREATE FUNCTION auth._rate_counters_deleted() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'rate_counters_deleted_wrapper';
+CREATE TRIGGER rate_counters_deleted AFTER DELETE OR TRUNCATE ON auth.rate_counters
+    FOR EACH STATEMENT EXECUTE FUNCTION auth._rate_counters_deleted();
+REVOKE EXECUTE ON FUNCTION auth._rate_counters_deleted() FROM PUBLIC;

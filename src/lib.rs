@@ -14,6 +14,7 @@ mod admin;
 mod answer;
 mod audit;
 mod autonomous;
+mod budget;
 mod config;
 mod db;
 mod dispatch;
@@ -31,6 +32,9 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     recorder::init();
+    if recorder::preloaded() {
+        budget::init();
+    }
 }
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 

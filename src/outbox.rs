@@ -1,7 +1,7 @@
 //! The outbox side of sending codes: per-phone serialisation, rate limits, and queueing the
 //! message row a dispatcher delivers.
 
-use crate::db;
+use crate::{budget, db};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
 use pg_otp_auth_core::{otp, ratelimit, template};
@@ -119,6 +119,7 @@ struct Admission {
 }
 
 static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    let budget_window = (BUDGET_WINDOW as i64).to_string();
     format!(
         "SELECT json_build_object(
             'recipient', (SELECT json_build_object('id', u.id, 'locale', u.locale,
@@ -132,7 +133,8 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
         counters = counter_rows_sql(
             &[
                 (&SEND_IP, Some("host($4::inet)"), "$5"),
-                (&BUDGET, None, "3600")
+                // The budget's rows only when there is no tally to read instead ($7).
+                (&BUDGET, Some("CASE WHEN $7 THEN '' END"), &budget_window)
             ],
             "now()"
         ),
@@ -140,14 +142,27 @@ static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The hourly budget's window.
+const BUDGET_WINDOW: f64 = 3600.0;
+
+/// `now()` of the current transaction, in seconds since the epoch.
+fn transaction_start() -> f64 {
+    const UNIX_EPOCH_IN_POSTGRES: f64 = 946_684_800.0;
+    let micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
+    micros as f64 / 1e6 + UNIX_EPOCH_IN_POSTGRES
+}
+
 /// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
 /// `phone`, and answers the phone's user (read in the same statement). The caller holds the
 /// phone's lock (`lock_phone`) and then records the request with [`record_send`].
 ///
 /// Sends for one phone are serialised by that lock, so the per-phone limit is exact. The per-IP
 /// limit and the global budget are read from bucketed counters (a fixed number of rows) and are
-/// approximate only under concurrency.
+/// approximate only under concurrency; preloaded, the budget is read from its tally in shared
+/// memory (see `budget`).
 pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recipient>> {
+    let now = transaction_start();
+    let tallied = budget::read(now, BUDGET_WINDOW, BUDGET.bucket_seconds);
     let u: Admission = db::row_as(
         &ADMISSION_SQL,
         &[
@@ -157,10 +172,18 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
             db::opt_text(ip),
             cfg.sms_rate_per_ip_window.into(),
             cfg.resend_cooldown.into(),
+            matches!(tallied, budget::Reading::FromRows(_)).into(),
         ],
     )?
     .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
     let [ip_rows, budget_rows] = ratelimit::rows_per_key(&u.counters);
+    let budget_rows = match tallied {
+        budget::Reading::Tallied(rows) => rows,
+        budget::Reading::FromRows(generation) => {
+            budget::make(generation, &budget_rows, now);
+            budget_rows
+        }
+    };
 
     let too_many = "Too many codes were requested for this phone number.";
     if let Some(s) =
@@ -203,7 +226,7 @@ pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recip
     if let Some(s) = ratelimit::bucketed_retry_after(
         &ratelimit::buckets_of_shards(&budget_rows),
         cfg.sms_budget_per_hour,
-        3600.0,
+        BUDGET_WINDOW,
     ) {
         return Err(AuthError::rate_limited(
             "over-sms-send-rate-limit",
@@ -297,7 +320,7 @@ pub fn record_send(
         ),
         None => (None, "", None, cfg.otp_ttl, None, None),
     };
-    db::row_as(
+    let issued = db::row_as(
         &RECORD_SQL,
         &[
             db::text(phone),
@@ -314,7 +337,11 @@ pub fn record_send(
             db::opt_text(captcha_token),
         ],
     )?
-    .ok_or_else(|| AuthError::internal("The code could not be stored."))
+    .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
+    if will_queue {
+        budget::count_at_commit(transaction_start(), BUDGET.bucket_seconds);
+    }
+    Ok(issued)
 }
 
 /// Records an admitted code request for `phone` and, when it is `to` a user (id, locale),

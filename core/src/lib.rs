@@ -4,6 +4,7 @@
 //! modules and keeps only the SQL glue for itself.
 
 pub mod account;
+pub mod budget;
 pub mod client_ip;
 pub mod clock;
 pub mod config;

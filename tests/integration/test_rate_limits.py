@@ -2,7 +2,9 @@
 
 import re
 
-from conftest import raises_auth
+import psycopg
+
+from conftest import TEMPLATE, Db, dsn, raises_auth
 
 PHONE = "+15550606060"
 
@@ -96,6 +98,96 @@ def test_global_sms_budget_per_hour(db):
         db.rpc("send_sms_otp", phone="+15550720003")
     assert 3500 <= retry_seconds(exc) <= 3600
     assert len(db.outbox()) == 2
+
+
+def test_only_committed_sends_count_against_the_budget(db):
+    """Preloaded, the budget is tallied in shared memory when a send commits; a send rolled
+    back, or rolled back to a savepoint, counts no more than its counter rows do."""
+    db.setting("sms_budget_per_hour", 2)
+    conn = db.connect()
+    with conn.transaction(force_rollback=True):
+        db.rpc("send_sms_otp", phone="+15550720001", conn=conn)
+    with conn.transaction():
+        with conn.transaction(force_rollback=True):
+            db.rpc("send_sms_otp", phone="+15550720002", conn=conn)
+        db.rpc("send_sms_otp", phone="+15550720003", conn=conn)
+    conn.close()
+    db.rpc("send_sms_otp", phone="+15550720004")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550720005")
+    assert len(db.outbox()) == 2
+    assert db.one("SELECT sum(hits) FROM auth.rate_counters WHERE key = 'budget'") == 2
+
+
+def test_the_budget_starts_from_its_counter_rows(db):
+    """What the counter rows hold binds from the first send, as after a restart, a failover or
+    a restore (preloaded, that send tallies the rows)."""
+    db.setting("sms_budget_per_hour", 3)
+    db.q("INSERT INTO auth.rate_counters (key, bucket_start, shard, hits, last_at) "
+         "VALUES ('budget', to_timestamp(floor(date_part('epoch', now()) / 900) * 900), 5, 2, now()), "
+         "('budget', to_timestamp(floor(date_part('epoch', now()) / 900) * 900 - 900), 1, 1, now() - interval '10 minutes')")
+    with raises_auth(429, "over-sms-send-rate-limit") as exc:
+        db.rpc("send_sms_otp", phone="+15550730101")
+    # The older bucket's send leaves the window first, in 50 minutes.
+    assert 2990 <= retry_seconds(exc) <= 3000
+    assert db.outbox() == []
+
+
+def test_preloaded_sends_read_the_budget_tally_not_its_rows(db):
+    """Once a database's tally is made, sends read it (README, Preloading): rows added by hand
+    are not seen until the tally is made again. Without preloading every send reads the rows."""
+    preloaded = "pg_otp_auth" in db.one("SHOW shared_preload_libraries")
+    db.setting("sms_budget_per_hour", 5)
+    db.rpc("send_sms_otp", phone="+15550760001")
+    db.q("UPDATE auth.rate_counters SET hits = hits + 100 WHERE key = 'budget'")
+    if preloaded:
+        db.rpc("send_sms_otp", phone="+15550760002")
+        # A DELETE, even of no row, has the tally made again from the rows.
+        db.q("DELETE FROM auth.rate_counters WHERE key = 'budget' AND hits = 0")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550760003")
+
+
+def test_deleting_the_budget_counters_resets_the_budget(db):
+    """How a DBA resets the budget: deleting (or truncating) its counter rows; preloaded, the
+    tally goes with them when the deletion commits."""
+    db.setting("sms_budget_per_hour", 1)
+    db.rpc("send_sms_otp", phone="+15550740001")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550740002")
+    db.q("DELETE FROM auth.rate_counters WHERE key = 'budget'")
+    db.rpc("send_sms_otp", phone="+15550740002")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550740003")
+    db.q("TRUNCATE auth.rate_counters")
+    db.rpc("send_sms_otp", phone="+15550740003")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550740004")
+    assert len(db.outbox()) == 3
+
+
+def test_each_database_has_its_own_budget(db):
+    """Databases made from one template have tables of the same oids; their budgets are
+    still their own."""
+    db.setting("sms_budget_per_hour", 1)
+    db.rpc("send_sms_otp", phone="+15550750001")
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        db.rpc("send_sms_otp", phone="+15550750002")
+    name = f"{db.name}_other"
+    with psycopg.connect(dsn("postgres"), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    other = Db(name)
+    try:
+        other.setting("sms_budget_per_hour", 1)
+        other.rpc("send_sms_otp", phone="+15550750003")
+        with raises_auth(429, "over-sms-send-rate-limit"):
+            other.rpc("send_sms_otp", phone="+15550750004")
+        with raises_auth(429, "over-sms-send-rate-limit"):
+            db.rpc("send_sms_otp", phone="+15550750004")
+    finally:
+        other.close()
+        with psycopg.connect(dsn("postgres"), autocommit=True) as c:
+            c.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_a_rate_limited_call_writes_nothing(db):
