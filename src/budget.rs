@@ -2,7 +2,7 @@
 //!
 //! Every send that queues a message adds one to the budget's counter rows (8 shards per 15-min
 //! bucket, `outbox::BUDGET`), and every send reads them back: up to 40 rows that other sends
-//! keep updating, each at the end of a chain of row versions. Preloaded, each database also
+//! keep updating, often behind a chain of their dead versions. Preloaded, each database also
 //! keeps the same counts in shared memory, summed over the shards (`core::budget::Tally`), and a
 //! send reads those instead of the rows. The rows are still written: they are what a restart, a
 //! promoted standby or a restored dump starts from, and what a server without preloading reads.
