@@ -39,23 +39,23 @@ unsafe impl pgrx::callconv::BoxRet for Answer {
     }
 }
 
+/// `v` as JSON text; a value that cannot be printed is an internal error.
+fn json_text<T: serde::Serialize>(v: &T) -> pg_otp_auth_core::error::Result<String> {
+    serde_json::to_string(v).map_err(|e| AuthError::internal(format!("Unprintable answer: {e}")))
+}
+
 /// The tagged result the SQL wrappers unwrap (and raise from).
 pub(crate) fn respond<T: serde::Serialize>(result: pg_otp_auth_core::error::Result<T>) -> Answer {
     #[derive(serde::Serialize)]
     struct Tagged<'a, T> {
         ok: &'a T,
     }
-    let text = match &result {
-        Ok(v) => serde_json::to_string(&Tagged { ok: v }),
-        Err(e) => serde_json::to_string(&e.to_result_json()),
-    };
-    Answer(text.unwrap_or_else(|e| {
-        serde_json::to_string(
-            &pg_otp_auth_core::error::AuthError::internal(format!("Unprintable answer: {e}"))
-                .to_result_json(),
-        )
-        .expect("an error prints")
-    }))
+    let tagged =
+        |e: AuthError| serde_json::to_string(&e.to_result_json()).expect("an error prints");
+    Answer(match result.and_then(|v| json_text(&Tagged { ok: &v })) {
+        Ok(text) => text,
+        Err(e) => tagged(e),
+    })
 }
 
 /// What an API function's call came to: its answer, or the error it raises. Plain data (a
@@ -71,17 +71,11 @@ pub(crate) enum Outcome {
 }
 
 /// `PT` followed by the three digits of an HTTP status, as a SQLSTATE (PostgREST answers
-/// `PTxyz` with HTTP status xyz).
+/// `PTxyz` with HTTP status xyz): PostgreSQL's MAKE_SQLSTATE, six bits per character.
 fn sqlstate_of(status: u16) -> i32 {
-    let digits = format!("{:03}", status.min(999));
-    let chars = [
-        b'P',
-        b'T',
-        digits.as_bytes()[0],
-        digits.as_bytes()[1],
-        digits.as_bytes()[2],
-    ];
-    chars
+    let status = status.min(999);
+    let digits = [status / 100, status / 10 % 10, status % 10].map(|d| b'0' + d as u8);
+    [b'P', b'T', digits[0], digits[1], digits[2]]
         .iter()
         .enumerate()
         .map(|(i, c)| (((c - b'0') & 0x3F) as i32) << (6 * i))
@@ -97,18 +91,14 @@ fn palloc_text(s: &str) -> *mut std::ffi::c_char {
 /// The outcome of an API function's result: the answer as jsonb, or the error's parts.
 pub(crate) fn outcome<T: serde::Serialize>(result: pg_otp_auth_core::error::Result<T>) -> Outcome {
     use pgrx::datum::IntoDatum;
-    let refused = |e: &AuthError| Outcome::Refused {
-        sqlstate: sqlstate_of(e.status),
-        message: palloc_text(&e.message),
-        detail: palloc_text(e.code),
-        hint: e.hint.as_deref().map_or(std::ptr::null_mut(), palloc_text),
-    };
-    match result.and_then(|v| {
-        serde_json::to_string(&v)
-            .map_err(|e| AuthError::internal(format!("Unprintable answer: {e}")))
-    }) {
+    match result.and_then(|v| json_text(&v)) {
         Ok(text) => Outcome::Answered(Answer(text).into_datum().expect("jsonb_in answers a value")),
-        Err(e) => refused(&e),
+        Err(e) => Outcome::Refused {
+            sqlstate: sqlstate_of(e.status),
+            message: palloc_text(&e.message),
+            detail: palloc_text(e.code),
+            hint: e.hint.as_deref().map_or(std::ptr::null_mut(), palloc_text),
+        },
     }
 }
 
