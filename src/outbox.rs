@@ -147,9 +147,10 @@ const BUDGET_WINDOW: f64 = 3600.0;
 
 /// `now()` of the current transaction, in seconds since the epoch.
 fn transaction_start() -> f64 {
-    const UNIX_EPOCH_IN_POSTGRES: f64 = 946_684_800.0;
+    use pgrx::pg_sys::{POSTGRES_EPOCH_JDATE, SECS_PER_DAY, UNIX_EPOCH_JDATE};
+    let postgres_epoch = ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY) as f64;
     let micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
-    micros as f64 / 1e6 + UNIX_EPOCH_IN_POSTGRES
+    micros as f64 / 1e6 + postgres_epoch
 }
 
 /// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
