@@ -113,6 +113,9 @@ pub(crate) fn read(now: f64, window: f64, width: i64) -> Reading {
     let Some(k) = key() else {
         return Reading::FromRows(None);
     };
+    // The send counted next in this transaction goes to the same tally: no second lookup.
+    register_callbacks();
+    KEY.set(Some(k));
     let t = TALLIES.share();
     match t.find(k).map(|i| &t.slots[i]) {
         Some(s) if s.made => Reading::Tallied(s.tally.rows(now, window, width)),
@@ -165,8 +168,8 @@ thread_local! {
     static PENDING: RefCell<Vec<(i32, i64, f64)>> = const { RefCell::new(Vec::new()) };
     /// This transaction deleted counter rows: drop the tally when it commits.
     static DROP_AT_COMMIT: Cell<Option<Key>> = const { Cell::new(None) };
-    /// The tally this transaction's sends go to, found when the first was counted (the
-    /// catalogs cannot be read once the transaction has committed).
+    /// The tally this transaction's sends go to, found when the budget was read or the first
+    /// send counted (the catalogs cannot be read once the transaction has committed).
     static KEY: Cell<Option<Key>> = const { Cell::new(None) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
