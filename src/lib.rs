@@ -18,6 +18,7 @@ mod budget;
 mod config;
 mod db;
 mod dispatch;
+mod lookup;
 mod mfa;
 mod outbox;
 mod recorder;

@@ -1,6 +1,7 @@
 //! The outbox side of sending codes: per-phone serialisation, rate limits, and queueing the
 //! message row a dispatcher delivers.
 
+use crate::lookup::{self, Cond, Order};
 use crate::{budget, db};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{AuthError, Result};
@@ -63,42 +64,46 @@ fn backend_number() -> i32 {
     n
 }
 
-/// A read of one key's counter rows: the counter, the SQL of the key's suffix (see
-/// [`Counter::key_sql`]) and the SQL of the window in seconds.
-pub type KeyRead<'a> = (&'a Counter, Option<&'a str>, &'a str);
-
-/// A json expression: the counter rows of the keys in `reads` still inside each one's window
-/// ending at `now`, `[[read, bucket, age of the row's latest event, events], …]` with `read` the
-/// position of the key in `reads` (split them with `ratelimit::rows_per_key`). One index scan
-/// per key reads at most (window / bucket_seconds + 1) x shards rows, with no aggregate:
-/// executor start-up of aggregates cost more than the rows. A key whose suffix is NULL has
-/// no rows.
-pub fn counter_rows_sql(reads: &[KeyRead], now: &str) -> String {
-    let keys: Vec<String> = reads
-        .iter()
-        .enumerate()
-        .map(|(i, (counter, suffix, window))| {
-            format!(
-                "({i}, {}, {window}, {})",
-                counter.key_sql(*suffix),
-                counter.bucket_seconds
-            )
-        })
-        .collect();
-    format!(
-        "to_json(ARRAY(
-             SELECT ARRAY[k.i, date_part('epoch', r.bucket_start),
-                          date_part('epoch', {now} - r.last_at), r.hits]::float8[]
-             FROM (VALUES {}) AS k (i, key, win, width)
-             JOIN auth.rate_counters r ON r.key = k.key
-              AND r.bucket_start > {now} - make_interval(secs => k.win + k.width)
-              AND r.last_at > {now} - make_interval(secs => k.win)))",
-        keys.join(", ")
-    )
+/// The rows of a counter's key (its prefix followed by `suffix`) still inside a window of
+/// `window` seconds ending at `now` (microseconds since 2000-01-01, as PostgreSQL keeps time),
+/// as `(bucket start, age of the row's latest event, events)` in seconds: one index scan of at
+/// most (window / bucket_seconds + 1) x shards rows.
+pub fn counter_rows(
+    counter: &Counter,
+    suffix: &str,
+    window: i64,
+    now: i64,
+) -> Result<Vec<(f64, f64, f64)>> {
+    let key = format!("{}{suffix}", counter.prefix);
+    let window_us = window.saturating_mul(1_000_000);
+    let oldest_bucket =
+        now.saturating_sub(window_us.saturating_add(counter.bucket_seconds * 1_000_000));
+    let oldest_event = now.saturating_sub(window_us);
+    let mut rows = Vec::new();
+    lookup::scan(
+        c"rate_counters",
+        c"rate_counters_pkey",
+        &[
+            (c"key", Cond::TextEq(&key)),
+            (c"bucket_start", Cond::After(oldest_bucket)),
+        ],
+        Order::Ascending,
+        &[c"bucket_start", c"last_at", c"hits"],
+        |r| {
+            if let (Some(bucket), Some(last_at)) = (r.timestamp(0), r.timestamp(1)) {
+                if last_at > oldest_event {
+                    rows.push((
+                        lookup::epoch_seconds(bucket),
+                        lookup::interval_seconds(now - last_at),
+                        r.int(2).unwrap_or(0) as f64,
+                    ));
+                }
+            }
+            true
+        },
+    )?;
+    Ok(rows)
 }
-
-/// Counter rows as [`counter_rows_sql`] reads them.
-pub type CounterRows = Vec<[f64; 4]>;
 
 /// The phone's user, if any: who a code request is for.
 #[derive(Debug, Deserialize)]
@@ -108,53 +113,97 @@ pub struct Recipient {
     pub locale: String,
 }
 
-#[derive(Deserialize)]
+/// What a code request is admitted on, read by index (see `lookup`).
 struct Admission {
     recipient: Option<Recipient>,
     /// Ages of the phone's latest requests, newest first: those inside the longer of its
     /// window and the cooldown, as many as the larger of its limit and one.
     phone: Vec<f64>,
-    /// The per-IP and the global counters.
-    counters: CounterRows,
+    /// The address's counter rows (none without an address).
+    ip: Vec<(f64, f64, f64)>,
+    /// The budget's counter rows, read only when there is no tally to read instead.
+    budget: Vec<(f64, f64, f64)>,
 }
 
-static ADMISSION_SQL: LazyLock<String> = LazyLock::new(|| {
-    let budget_window = (BUDGET_WINDOW as i64).to_string();
-    format!(
-        "SELECT json_build_object(
-            'recipient', (SELECT json_build_object('id', u.id, 'locale', u.locale,
-                                                    'disabled', {blocked})
-                          FROM auth.users u WHERE u.phone = $1),
-            'phone', to_json(ARRAY(
-                SELECT date_part('epoch', now() - created_at) FROM auth.send_events
-                WHERE phone = $1 AND created_at > now() - make_interval(secs => greatest($2, $6))
-                ORDER BY created_at DESC LIMIT greatest($3, 1))),
-            'counters', {counters})",
-        counters = counter_rows_sql(
+fn read_admission(
+    cfg: &Config,
+    phone: &str,
+    ip: Option<&str>,
+    budget_from_rows: bool,
+) -> Result<Admission> {
+    let now = lookup::now();
+    lookup::statement(|| {
+        let mut recipient = None;
+        lookup::scan(
+            c"users",
+            c"users_phone_key",
+            &[(c"phone", Cond::TextEq(phone))],
+            Order::Ascending,
+            &[c"id", c"locale", c"disabled", c"banned_until"],
+            |r| {
+                // As session::USER_BLOCKED: disabled, or banned until later than now().
+                let banned = r.timestamp(3).is_some_and(|until| until > now);
+                recipient = r.uuid(0).map(|id| Recipient {
+                    id,
+                    locale: r.text(1).unwrap_or_default(),
+                    disabled: r.boolean(2).unwrap_or(true) || banned,
+                });
+                false
+            },
+        )?;
+        let reach = cfg.sms_rate_per_phone_window.max(cfg.resend_cooldown);
+        let since = now.saturating_sub(reach.saturating_mul(1_000_000));
+        let limit = cfg.sms_rate_per_phone.max(1) as usize;
+        let mut ages = Vec::new();
+        lookup::scan(
+            c"send_events",
+            c"send_events_phone",
             &[
-                (&SEND_IP, Some("host($4::inet)"), "$5"),
-                // The budget's rows only when there is no tally to read instead ($7).
-                (&BUDGET, Some("CASE WHEN $7 THEN '' END"), &budget_window)
+                (c"phone", Cond::TextEq(phone)),
+                (c"created_at", Cond::After(since)),
             ],
-            "now()"
-        ),
-        blocked = crate::session::USER_BLOCKED,
-    )
-});
+            Order::Descending,
+            &[c"created_at"],
+            |r| {
+                if let Some(at) = r.timestamp(0) {
+                    ages.push(lookup::interval_seconds(now - at));
+                }
+                ages.len() < limit
+            },
+        )?;
+        let ip_rows = match ip {
+            Some(ip) => counter_rows(
+                &SEND_IP,
+                &lookup::host(ip)?,
+                cfg.sms_rate_per_ip_window,
+                now,
+            )?,
+            None => Vec::new(),
+        };
+        let budget = if budget_from_rows {
+            counter_rows(&BUDGET, "", BUDGET_WINDOW as i64, now)?
+        } else {
+            Vec::new()
+        };
+        Ok(Admission {
+            recipient,
+            phone: ages,
+            ip: ip_rows,
+            budget,
+        })
+    })
+}
 
 /// The hourly budget's window.
 const BUDGET_WINDOW: f64 = 3600.0;
 
 /// `now()` of the current transaction, in seconds since the epoch.
 fn transaction_start() -> f64 {
-    use pgrx::pg_sys::{POSTGRES_EPOCH_JDATE, SECS_PER_DAY, UNIX_EPOCH_JDATE};
-    let postgres_epoch = ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY) as f64;
-    let micros = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
-    micros as f64 / 1e6 + postgres_epoch
+    lookup::epoch_seconds(lookup::now())
 }
 
 /// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
-/// `phone`, and answers the phone's user (read in the same statement). The caller holds the
+/// `phone`, and answers the phone's user (read by index with the rest, see `lookup`). The caller holds the
 /// phone's lock (`lock_phone`) and then records the request with [`record_send`].
 ///
 /// Sends for one phone are serialised by that lock, so the per-phone limit is exact. The per-IP
@@ -164,25 +213,18 @@ fn transaction_start() -> f64 {
 pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recipient>> {
     let now = transaction_start();
     let tallied = budget::read(now, BUDGET_WINDOW, BUDGET.bucket_seconds);
-    let u: Admission = db::row_as(
-        &ADMISSION_SQL,
-        &[
-            db::text(phone),
-            cfg.sms_rate_per_phone_window.into(),
-            cfg.sms_rate_per_phone.into(),
-            db::opt_text(ip),
-            cfg.sms_rate_per_ip_window.into(),
-            cfg.resend_cooldown.into(),
-            matches!(tallied, budget::Reading::FromRows(_)).into(),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("Rate-limit state is unreadable."))?;
-    let [ip_rows, budget_rows] = ratelimit::rows_per_key(&u.counters);
+    let u = read_admission(
+        cfg,
+        phone,
+        ip,
+        matches!(tallied, budget::Reading::FromRows(_)),
+    )?;
+    let ip_rows = u.ip;
     let budget_rows = match tallied {
         budget::Reading::Tallied(rows) => rows,
         budget::Reading::FromRows(generation) => {
-            budget::make(generation, &budget_rows, now);
-            budget_rows
+            budget::make(generation, &u.budget, now);
+            u.budget
         }
     };
 

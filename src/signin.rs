@@ -1,9 +1,10 @@
 //! Phone sign-in: sending one-time codes and exchanging them for sessions.
 
 use crate::autonomous::{self, Action, Target};
+use crate::lookup::{Cond, Order};
 use crate::outbox::{self, admit, channel, lock_phone, Recipient, VERIFY_IP};
 use crate::session::{SESSION_ROW, TOKEN_CTE, USER_BLOCKED};
-use crate::{audit, config, db, request, session};
+use crate::{audit, config, db, lookup, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::profile::{self, Profile};
@@ -145,41 +146,62 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
     Ok(json!("OK"))
 }
 
-#[derive(Deserialize)]
+/// The phone's latest live code of a purpose.
 struct LiveCode {
     id: String,
-    hash: String,
+    hash: Vec<u8>,
     attempts: i64,
+    /// Not expired at the time of the read.
     live: bool,
 }
 
-#[derive(Deserialize)]
-struct Guess {
-    code: Option<LiveCode>,
-    /// The client address's recent failures, as `outbox::counter_rows_sql` reads them.
-    ip_failures: outbox::CounterRows,
+/// The phone's latest live code of `purpose` (of user `user_id`, if given), read by index
+/// (see `lookup`): the newest row of `otp_codes_live` that is still unconsumed, not
+/// superseded, and the user's.
+fn live_code(phone: &str, purpose: &str, user_id: Option<&str>) -> Result<Option<LiveCode>> {
+    let user = user_id
+        .map(|u| {
+            uuid::Uuid::parse_str(u).map_err(|_| AuthError::internal("A user id is malformed."))
+        })
+        .transpose()?
+        .map(|u| u.hyphenated().to_string());
+    let clock = lookup::clock();
+    let mut found = None;
+    lookup::scan(
+        c"otp_codes",
+        c"otp_codes_live",
+        &[
+            (c"subject", Cond::TextEq(phone)),
+            (c"purpose", Cond::TextEq(purpose)),
+        ],
+        // The index keeps each phone's codes newest first.
+        Order::Ascending,
+        &[
+            c"id",
+            c"code_hash",
+            c"attempts",
+            c"expires_at",
+            c"consumed_at",
+            c"invalidated_at",
+            c"user_id",
+        ],
+        |r| {
+            let unused = r.timestamp(4).is_none() && r.timestamp(5).is_none();
+            let users = user.is_none() || r.uuid(6) == user;
+            if !(unused && users) {
+                return true;
+            }
+            found = r.uuid(0).map(|id| LiveCode {
+                id,
+                hash: r.bytes(1).unwrap_or_default(),
+                attempts: r.int(2).unwrap_or(i64::MAX),
+                live: r.timestamp(3).is_some_and(|at| at > clock),
+            });
+            false
+        },
+    )?;
+    Ok(found)
 }
-
-/// The phone's latest live code of a purpose (of user $5, if given) and the failures counted
-/// against the client address.
-static GUESS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT json_build_object(
-             'code', (SELECT json_build_object('id', id, 'hash', encode(code_hash, 'hex'),
-                                                'attempts', attempts,
-                                                'live', expires_at > clock_timestamp())
-                      FROM auth.otp_codes
-                      WHERE subject = $1 AND purpose = $2
-                        AND ($5::uuid IS NULL OR user_id = $5::uuid)
-                        AND consumed_at IS NULL AND invalidated_at IS NULL
-                      ORDER BY created_at DESC LIMIT 1),
-             'ip_failures', {})",
-        outbox::counter_rows_sql(
-            &[(&VERIFY_IP, Some("host($3::inet)"), "$4")],
-            "clock_timestamp()"
-        )
-    )
-});
 
 /// Judges `code` against the phone's latest live code of `purpose` (of `user_id`, if given),
 /// after the per-IP limit on wrong codes. The caller holds the phone's lock, so guesses at one
@@ -194,30 +216,29 @@ pub(crate) fn judge_code(
     code: &str,
     ip: Option<&str>,
 ) -> Result<String> {
-    let guess: Guess = db::row_as(
-        &GUESS_SQL,
-        &[
-            db::text(phone),
-            db::text(purpose),
-            db::opt_text(ip),
-            cfg.verify_rate_per_ip_window.into(),
-            db::opt_text(user_id),
-        ],
-    )?
-    .ok_or_else(|| AuthError::internal("The code is unreadable."))?;
+    let (latest, ip_failures) = lookup::statement(|| {
+        let latest = live_code(phone, purpose, user_id)?;
+        let failures = match ip {
+            Some(ip) => outbox::counter_rows(
+                &VERIFY_IP,
+                &lookup::host(ip)?,
+                cfg.verify_rate_per_ip_window,
+                lookup::clock(),
+            )?,
+            None => Vec::new(),
+        };
+        Ok((latest, failures))
+    })?;
     if ip.is_some() {
-        check_verify_rate(cfg, &guess.ip_failures)?;
+        check_verify_rate(cfg, &ip_failures)?;
     }
     let pepper = config::secret("otp_pepper")?;
-    let stored = guess
-        .code
+    let stored = latest
         .as_ref()
-        .map(|c| db::from_hex(&c.hash))
+        .map(|c| c.hash.as_slice())
         .unwrap_or_default();
-    let matches = otp::verify_code(&pepper, purpose, phone, code, &stored);
-    let live = guess
-        .code
-        .filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
+    let matches = otp::verify_code(&pepper, purpose, phone, code, stored);
+    let live = latest.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
     match live {
         Some(live) if matches => Ok(live.id),
         live => {
@@ -238,10 +259,9 @@ pub(crate) fn judge_code(
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
 /// failures are counted by the attempt recorder in auth.rate_counters (see autonomous), so the
 /// limit binds although each failed call rolls back.
-fn check_verify_rate(cfg: &Config, failures: &[[f64; 4]]) -> Result<()> {
-    let [failures] = ratelimit::rows_per_key(failures);
+fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
     match ratelimit::bucketed_retry_after(
-        &ratelimit::buckets_of_shards(&failures),
+        &ratelimit::buckets_of_shards(failures),
         cfg.verify_rate_per_ip,
         cfg.verify_rate_per_ip_window as f64,
     ) {

@@ -76,19 +76,6 @@ pub fn window_oldest_first(newest_first: &[f64], limit: i64, window_seconds: f64
     ages
 }
 
-/// Counter rows of `KEYS` keys read together, `[key, bucket, age of the row's latest event,
-/// events]` with `key` the position of the row's key in the read, split per key, each as
-/// [`buckets_of_shards`] takes.
-pub fn rows_per_key<const KEYS: usize>(rows: &[[f64; 4]]) -> [Vec<(f64, f64, f64)>; KEYS] {
-    let mut per_key = std::array::from_fn(|_| Vec::new());
-    for &[key, bucket, age, events] in rows {
-        if let Some(k) = per_key.get_mut(key as usize) {
-            k.push((bucket, age, events));
-        }
-    }
-    per_key
-}
-
 /// `None` when the cooldown has passed since the last event (or there was none).
 pub fn cooldown_retry_after(last_event_age: Option<f64>, cooldown_seconds: f64) -> Option<i64> {
     match last_event_age {
@@ -184,23 +171,6 @@ mod tests {
             ),
             Some(200)
         );
-    }
-
-    #[test]
-    fn rows_read_together_are_split_by_their_key() {
-        let rows = [
-            [1.0, 900.0, 10.0, 2.0],
-            [0.0, 60.0, 3.0, 1.0],
-            [1.0, 1800.0, 1.0, 4.0],
-        ];
-        assert_eq!(
-            rows_per_key::<2>(&rows),
-            [
-                vec![(60.0, 3.0, 1.0)],
-                vec![(900.0, 10.0, 2.0), (1800.0, 1.0, 4.0)]
-            ]
-        );
-        assert_eq!(rows_per_key::<2>(&[]), [vec![], vec![]]);
     }
 
     #[test]

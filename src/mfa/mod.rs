@@ -109,7 +109,7 @@ fn verified_totp_factor(user_id: &str) -> Result<Option<Factor>> {
 /// Bounds guesses per factor across all its challenges and tickets: a fresh challenge per guess
 /// (as mfa_challenge_and_verify makes) must not reset the count.
 fn check_factor_failures(cfg: &Config, user_id: &str, factor_id: &str) -> Result<()> {
-    // Newest first, without an aggregate (see outbox::counter_rows_sql).
+    // Newest first, without an aggregate: its executor start-up costs more than the rows.
     let newest_first: Vec<f64> = db::row_as(
         "SELECT to_json(ARRAY(
              SELECT date_part('epoch', clock_timestamp() - created_at) FROM auth.audit_log

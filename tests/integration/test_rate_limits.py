@@ -1,6 +1,9 @@
 """Cooldown and send rate limits, with their retry hints."""
 
 import re
+import uuid
+
+import pytest
 
 import psycopg
 
@@ -190,6 +193,20 @@ def test_each_database_has_its_own_budget(db):
             c.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_sends_earlier_in_the_same_statement_count(db, isolation):
+    """A DBA's statement sending twice: the second admission sees the first send's record
+    (written by the same statement, in the transaction's snapshot too)."""
+    db.setting("sms_rate_per_phone", 1)
+    conn = db.connect()
+    with raises_auth(429, "over-sms-send-rate-limit"):
+        with conn.transaction():
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            conn.execute("SELECT auth.send_sms_otp(%s) FROM generate_series(1, 2)", (PHONE,))
+    conn.close()
+    assert db.one("SELECT count(*) FROM auth.send_events") == 0
+
+
 def test_a_rate_limited_call_writes_nothing(db):
     db.setting("sms_rate_per_phone", 1)
     db.rpc("send_sms_otp", phone=PHONE)
@@ -218,3 +235,40 @@ def test_rate_counters_read_a_fixed_window_and_old_ones_are_purged(db):
     assert out["rate_counters"] >= 1
     assert db.one("SELECT count(*) FROM auth.rate_counters WHERE last_at < now() - interval '30 days'") == 0
     assert db.one("SELECT count(*) FROM auth.rate_counters") == live
+
+
+def test_limits_bind_where_the_collation_orders_keys_unlike_c(template):
+    """Admission reads the counters by index (see src/lookup.rs), comparing keys in the index's
+    collation: in a database whose collation orders an IPv6 key before an IPv4 one (ICU: ':'
+    before '.'; C: '.' before ':'), comparing them as C would miss the rows."""
+    name = "t_icu_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(dsn("postgres"), autocommit=True) as c:
+        try:
+            c.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+                      "ICU_LOCALE 'und' LOCALE 'C.UTF-8'")
+        except psycopg.errors.FeatureNotSupported as e:
+            pytest.skip(f"no ICU in this build: {e}")
+    try:
+        with psycopg.connect(dsn(name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_otp_auth")
+            c.execute("DO $$ BEGIN CREATE ROLE anon NOLOGIN; "
+                      "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        d = Db(name)
+        try:
+            assert d.one("SELECT 'send_ip:1::1' < 'send_ip:1.2.3.4'") is True
+            assert d.one("SELECT 'send_ip:1::1' < 'send_ip:1.2.3.4' COLLATE \"C\"") is False
+            d.setting("resend_cooldown", 0)
+            d.setting("sms_rate_per_ip", 2)
+            addresses = ("1.2.3.4", "1::1")
+            for n, ip in enumerate(addresses):
+                for i in range(2):
+                    d.rpc("send_sms_otp", phone=f"+155508{n}{i:04d}", headers={"x-forwarded-for": ip})
+            for n, ip in enumerate(addresses):
+                with raises_auth(429, "over-request-rate-limit"):
+                    d.rpc("send_sms_otp", phone=f"+155508{n}9999", headers={"x-forwarded-for": ip})
+            assert d.one("SELECT count(DISTINCT key) FROM auth.rate_counters WHERE starts_with(key, 'send_ip:')") == 2
+        finally:
+            d.close()
+    finally:
+        with psycopg.connect(dsn("postgres"), autocommit=True) as c:
+            c.execute(f"DROP DATABASE {name} WITH (FORCE)")
