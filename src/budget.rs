@@ -241,8 +241,23 @@ fn apply_pending() {
     }
 }
 
+/// Whether this transaction has nothing for the tally, as most have not: the callbacks then
+/// return at once, without pgrx's guard (a `sigsetjmp` per transaction event).
+fn idle() -> bool {
+    PENDING.with_borrow(Vec::is_empty) && DROP_AT_COMMIT.get().is_none() && KEY.get().is_none()
+}
+
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, arg: *mut std::ffi::c_void) {
+    if !idle() {
+        unsafe { on_xact_guarded(event, arg) }
+    }
+}
+
 #[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn on_xact_guarded(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             apply_pending()
@@ -256,8 +271,19 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
-#[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    arg: *mut std::ffi::c_void,
+) {
+    if !PENDING.with_borrow(Vec::is_empty) {
+        unsafe { on_subxact_guarded(event, my, parent, arg) }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_guarded(
     event: pg_sys::SubXactEvent::Type,
     _my: pg_sys::SubTransactionId,
     _parent: pg_sys::SubTransactionId,

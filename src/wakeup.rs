@@ -37,8 +37,19 @@ pub fn notify_dispatcher() {
     };
 }
 
+/// Most transactions queue no message: they return at once, without pgrx's guard (a
+/// `sigsetjmp` per transaction event).
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, arg: *mut std::ffi::c_void) {
+    if QUEUED.get() || HAND_OVER.get() {
+        unsafe { on_xact_guarded(event, arg) }
+    }
+}
+
 #[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn on_xact_guarded(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if QUEUED.get() => {
             if recorder::running_here() {
