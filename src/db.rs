@@ -192,6 +192,26 @@ fn with_plan<R>(
     result
 }
 
+/// Hands `f` the bytes of a varlena datum (text, bytea, json), detoasted if it must be.
+///
+/// # Safety
+/// `datum` must be a valid varlena value.
+pub(crate) unsafe fn with_varlena_bytes<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R {
+    unsafe {
+        let stored = datum.cast_mut_ptr::<pg_sys::varlena>();
+        let detoasted = pg_sys::pg_detoast_datum_packed(stored);
+        let bytes = std::slice::from_raw_parts(
+            pgrx::varlena::vardata_any(detoasted).cast::<u8>(),
+            pgrx::varlena::varsize_any_exhdr(detoasted),
+        );
+        let result = f(bytes);
+        if detoasted != stored {
+            pg_sys::pfree(detoasted.cast());
+        }
+        result
+    }
+}
+
 /// Hands `f` the text of a json or jsonb datum: json's own bytes, jsonb's output form.
 ///
 /// # Safety
@@ -203,17 +223,7 @@ unsafe fn with_json_text<R>(
 ) -> R {
     unsafe {
         if type_oid == pg_sys::JSONOID {
-            let stored = datum.cast_mut_ptr::<pg_sys::varlena>();
-            let detoasted = pg_sys::pg_detoast_datum_packed(stored);
-            let text = std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(detoasted).cast::<u8>(),
-                pgrx::varlena::varsize_any_exhdr(detoasted),
-            );
-            let result = f(text);
-            if detoasted != stored {
-                pg_sys::pfree(detoasted.cast());
-            }
-            result
+            with_varlena_bytes(datum, f)
         } else {
             // jsonb_out never answers NULL for a value.
             let text =

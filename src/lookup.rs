@@ -65,19 +65,7 @@ impl Row {
     /// The bytes of a varlena column (text, bytea).
     fn bytes_of<R>(&self, column: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let datum = self.datum(column)?;
-        unsafe {
-            let stored = datum.cast_mut_ptr::<pg_sys::varlena>();
-            let detoasted = pg_sys::pg_detoast_datum_packed(stored);
-            let bytes = std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(detoasted).cast::<u8>(),
-                pgrx::varlena::varsize_any_exhdr(detoasted),
-            );
-            let result = f(bytes);
-            if detoasted != stored {
-                pg_sys::pfree(detoasted.cast());
-            }
-            Some(result)
-        }
+        Some(unsafe { crate::db::with_varlena_bytes(datum, f) })
     }
 
     pub fn text(&self, column: usize) -> Option<String> {
