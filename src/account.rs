@@ -327,13 +327,11 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
 
 crate::answer::api_function!(
     auth_get_user,
-    pg_finfo_auth_get_user,
     () => get_user()
 );
 
 crate::answer::api_function!(
     auth_update_user,
-    pg_finfo_auth_update_user,
     (
         display_name: Option<&str>,
         locale: Option<&str>,
@@ -344,12 +342,10 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_change_phone,
-    pg_finfo_auth_change_phone,
     (new_phone: Option<&str>, channel: Option<&str>) => change_phone(new_phone, channel)
 );
 
 crate::answer::api_function!(
     auth_verify_phone_change,
-    pg_finfo_auth_verify_phone_change,
     (new_phone: Option<&str>, otp: Option<&str>) => verify_phone_change(new_phone, otp)
 );

@@ -301,7 +301,6 @@ fn sign_out(user_id: Option<pgrx::Uuid>) -> Result<Value> {
 
 crate::answer::api_function!(
     auth_admin_create_user,
-    pg_finfo_auth_admin_create_user,
     (
         phone: Option<&str>,
         phone_confirmed: Option<bool>,
@@ -315,13 +314,11 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_admin_get_user,
-    pg_finfo_auth_admin_get_user,
     (user_id: Option<pgrx::Uuid>) => get_user(user_id)
 );
 
 crate::answer::api_function!(
     auth_admin_list_users,
-    pg_finfo_auth_admin_list_users,
     (
         page: Option<i32>,
         per_page: Option<i32>,
@@ -331,25 +328,21 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_admin_update_user,
-    pg_finfo_auth_admin_update_user,
     (user_id: Option<pgrx::Uuid>, attributes: Option<JsonB>) => update_user(user_id, attributes)
 );
 
 crate::answer::api_function!(
     auth_admin_delete_user,
-    pg_finfo_auth_admin_delete_user,
     (user_id: Option<pgrx::Uuid>, soft: Option<bool>) => delete_user(user_id, soft)
 );
 
 crate::answer::api_function!(
     auth_admin_list_factors,
-    pg_finfo_auth_admin_list_factors,
     (user_id: Option<pgrx::Uuid>) => list_factors(user_id)
 );
 
 crate::answer::api_function!(
     auth_admin_delete_factor,
-    pg_finfo_auth_admin_delete_factor,
     (
         user_id: Option<pgrx::Uuid>,
         factor_id: Option<pgrx::Uuid>,
@@ -358,6 +351,5 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_admin_sign_out,
-    pg_finfo_auth_admin_sign_out,
     (user_id: Option<pgrx::Uuid>) => sign_out(user_id)
 );

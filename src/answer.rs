@@ -140,19 +140,21 @@ pub(crate) unsafe fn deliver(outcome: Outcome) -> pgrx::pg_sys::Datum {
     }
 }
 
-/// Declares an API function's V1 entry point `$symbol` (with its `$finfo` record), which the
-/// SQL declares `LANGUAGE c` under its public name: the arguments are read by position as
-/// `Option`s of the given types, `$body` runs under pgrx's guard (a panic or a PostgreSQL
-/// error inside becomes an ERROR as usual), and its `Result` is answered as jsonb or raised.
+/// Declares an API function's V1 entry point `$symbol` (with its record `pg_finfo_$symbol`),
+/// which the SQL declares `LANGUAGE c` under its public name: the arguments are read by
+/// position as `Option`s of the given types, `$body` runs under pgrx's guard (a panic or a
+/// PostgreSQL error inside becomes an ERROR as usual), and its `Result` is answered as jsonb or
+/// raised.
 macro_rules! api_function {
-    ($symbol:ident, $finfo:ident, ($($arg:ident: Option<$ty:ty>),* $(,)?) => $body:expr) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record =
-                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
+    ($symbol:ident, ($($arg:ident: Option<$ty:ty>),* $(,)?) => $body:expr) => {
+        const _: () = {
+            #[unsafe(export_name = concat!("pg_finfo_", stringify!($symbol)))]
+            extern "C" fn finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+                const V1: ::pgrx::pg_sys::Pg_finfo_record =
+                    ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+                &V1
+            }
+        };
 
         #[unsafe(no_mangle)]
         #[doc(hidden)]

@@ -231,12 +231,10 @@ fn set_setting(name: Option<&str>, value: Option<JsonB>) -> Result<Value> {
 
 crate::answer::api_function!(
     auth_set_setting,
-    pg_finfo_auth_set_setting,
     (name: Option<&str>, value: Option<JsonB>) => set_setting(name, value)
 );
 
 crate::answer::api_function!(
     auth_reset_setting,
-    pg_finfo_auth_reset_setting,
     (name: Option<&str>) => required(name, "name").and_then(reset)
 );

@@ -355,7 +355,6 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
 
 crate::answer::api_function!(
     auth_refresh_session,
-    pg_finfo_auth_refresh_session,
     (refresh_token: Option<&str>) => refresh(refresh_token)
 );
 

@@ -369,7 +369,6 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
 
 crate::answer::api_function!(
     auth_send_sms_otp,
-    pg_finfo_auth_send_sms_otp,
     (
         phone: Option<&str>,
         create_user: Option<bool>,
@@ -381,7 +380,6 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_resend_sms_otp,
-    pg_finfo_auth_resend_sms_otp,
     (phone: Option<&str>) => resend_sms_otp(phone)
 );
 
@@ -392,6 +390,5 @@ fn signup_sms_otp_impl(phone: Option<&str>, options: Option<JsonB>) -> crate::An
 
 crate::answer::api_function!(
     auth_verify_sms_otp,
-    pg_finfo_auth_verify_sms_otp,
     (phone: Option<&str>, otp: Option<&str>) => verify_sms_otp(phone, otp)
 );

@@ -326,13 +326,11 @@ fn assurance_level() -> Result<Value> {
 
 crate::answer::api_function!(
     auth_mfa_challenge,
-    pg_finfo_auth_mfa_challenge,
     (factor_id: Option<Uuid>, channel: Option<&str>) => challenge(factor_id, channel)
 );
 
 crate::answer::api_function!(
     auth_mfa_verify,
-    pg_finfo_auth_mfa_verify,
     (
         factor_id: Option<Uuid>,
         challenge_id: Option<Uuid>,
@@ -342,12 +340,10 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_mfa_challenge_and_verify,
-    pg_finfo_auth_mfa_challenge_and_verify,
     (factor_id: Option<Uuid>, code: Option<&str>) => challenge_and_verify(factor_id, code)
 );
 
 crate::answer::api_function!(
     auth_mfa_get_authenticator_assurance_level,
-    pg_finfo_auth_mfa_get_authenticator_assurance_level,
     () => assurance_level()
 );

@@ -185,7 +185,6 @@ fn list_factors() -> Result<Value> {
 
 crate::answer::api_function!(
     auth_mfa_enroll,
-    pg_finfo_auth_mfa_enroll,
     (
         factor_type: Option<&str>,
         friendly_name: Option<&str>,
@@ -196,12 +195,10 @@ crate::answer::api_function!(
 
 crate::answer::api_function!(
     auth_mfa_unenroll,
-    pg_finfo_auth_mfa_unenroll,
     (factor_id: Option<Uuid>) => unenroll(factor_id)
 );
 
 crate::answer::api_function!(
     auth_mfa_list_factors,
-    pg_finfo_auth_mfa_list_factors,
     () => list_factors()
 );

@@ -186,12 +186,10 @@ fn signin_recovery(ticket: Option<&str>, code: Option<&str>) -> Result<session::
 
 crate::answer::api_function!(
     auth_signin_mfa_totp,
-    pg_finfo_auth_signin_mfa_totp,
     (ticket: Option<&str>, otp: Option<&str>) => signin_totp(ticket, otp)
 );
 
 crate::answer::api_function!(
     auth_signin_mfa_recovery_code,
-    pg_finfo_auth_signin_mfa_recovery_code,
     (ticket: Option<&str>, code: Option<&str>) => signin_recovery(ticket, code)
 );
