@@ -78,14 +78,7 @@ pub(crate) struct Key {
 }
 
 fn key() -> Option<Key> {
-    let relid = unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"auth".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            return None;
-        }
-        pg_sys::get_relname_relid(c"rate_counters".as_ptr(), nsp)
-    };
-    (relid != pg_sys::InvalidOid).then(|| Key {
+    crate::lookup::auth_relation(c"rate_counters").map(|relid| Key {
         dboid: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         relid: relid.to_u32(),
     })

@@ -98,19 +98,25 @@ impl Row {
     }
 }
 
-/// The oid of relation `name` in schema auth.
-fn relation(name: &CStr) -> Result<pg_sys::Oid> {
+/// The oid of relation `name` in schema auth, if there is one.
+pub(crate) fn auth_relation(name: &CStr) -> Option<pg_sys::Oid> {
     let oid = unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"auth".as_ptr(), false);
+        let nsp = pg_sys::get_namespace_oid(c"auth".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
         pg_sys::get_relname_relid(name.as_ptr(), nsp)
     };
-    if oid == pg_sys::InvalidOid {
-        return Err(AuthError::internal(format!(
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+fn relation(name: &CStr) -> Result<pg_sys::Oid> {
+    auth_relation(name).ok_or_else(|| {
+        AuthError::internal(format!(
             "The relation auth.{} is missing.",
             name.to_string_lossy()
-        )));
-    }
-    Ok(oid)
+        ))
+    })
 }
 
 /// The attribute number of `column` in `desc`.
