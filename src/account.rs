@@ -272,7 +272,8 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
         Some(&me.user_id),
         code,
         ip.as_deref(),
-    )?;
+    )?
+    .id;
     db::row(
         "UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL

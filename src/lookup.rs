@@ -25,6 +25,8 @@ pub(crate) enum Cond<'a> {
     TextEq(&'a str),
     /// A timestamptz later than this (microseconds since 2000-01-01, as PostgreSQL keeps it).
     After(i64),
+    /// A uuid equal to this.
+    UuidEq(uuid::Uuid),
 }
 
 /// Which end of the index a read starts from.
@@ -223,6 +225,17 @@ unsafe fn prepare(
                 pg_sys::BTGreaterStrategyNumber,
                 pg_sys::F_TIMESTAMPTZ_GT,
                 pg_sys::Datum::from(*t),
+                pg_sys::InvalidOid,
+            ),
+            Cond::UuidEq(u) => (
+                pg_sys::BTEqualStrategyNumber,
+                pg_sys::F_UUID_EQ,
+                // By reference: a copy that lives as long as the statement's memory.
+                pg_sys::Datum::from(unsafe {
+                    let copy = pg_sys::palloc(16).cast::<u8>();
+                    copy.copy_from_nonoverlapping(u.as_bytes().as_ptr(), 16);
+                    copy
+                }),
                 pg_sys::InvalidOid,
             ),
         };

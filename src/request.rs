@@ -13,13 +13,11 @@ use std::sync::LazyLock;
 /// address of the database connection (none over a Unix socket). Never fails on bad headers.
 pub fn client_ip(cfg: &Config) -> Result<Option<String>> {
     let headers = setting(c"request.headers");
+    // Without a trusted proxy the headers are not believed, so not read.
     let header = headers
         .as_deref()
-        .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
-        .and_then(|h| {
-            h.get(cfg.client_ip_header.as_str())
-                .and_then(|x| x.as_str().map(str::to_string))
-        });
+        .filter(|_| cfg.trusted_proxy_hops > 0)
+        .and_then(|h| pg_otp_auth_core::client_ip::header_value(h, &cfg.client_ip_header));
     Ok(pg_otp_auth_core::client_ip::client_ip(
         &cfg.client_ip_header,
         header.as_deref(),

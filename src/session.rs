@@ -18,34 +18,45 @@ use std::sync::LazyLock;
 /// Whether the user (alias `u`) is refused: disabled, or banned until a time still to come.
 pub const USER_BLOCKED: &str = "(u.disabled OR coalesce(u.banned_until > now(), false))";
 
+/// The type of the user's (alias `u`) active second factor: 'totp' if one is verified, else
+/// NULL.
+const ACTIVE_MFA_TYPE: &str = "(SELECT 'totp' FROM auth.mfa_factors f
+     WHERE f.user_id = u.id AND f.factor_type = 'totp' AND f.status = 'verified' LIMIT 1)";
+
 /// The fields of the `user` object of a session, as the API returns it; `{to}` is `to_jsonb`
-/// or `to_json`.
+/// or `to_json`, `{mfa}` the user's active second factor (see ACTIVE_MFA_TYPE).
 const USER_FIELDS: &str =
     "'id', u.id, 'phone', u.phone, 'phone_verified', u.phone_confirmed_at IS NOT NULL,
     'email', u.email, 'email_verified', u.email_confirmed_at IS NOT NULL,
     'display_name', u.display_name, 'avatar_url', u.avatar_url, 'locale', u.locale,
     'default_role', u.default_role, 'roles', {to}(u.roles), 'metadata', u.metadata,
     'is_anonymous', u.is_anonymous, 'created_at', u.created_at,
-    'last_sign_in_at', u.last_sign_in_at,
-    'active_mfa_type', (SELECT 'totp' FROM auth.mfa_factors f
-                        WHERE f.user_id = u.id AND f.factor_type = 'totp' AND f.status = 'verified'
-                        LIMIT 1)";
+    'last_sign_in_at', u.last_sign_in_at, 'active_mfa_type', {mfa}";
 
 /// The `user` object of a session (alias `u`), as jsonb.
 pub static USER_JSON: LazyLock<String> = LazyLock::new(|| {
     format!(
         "jsonb_build_object({})",
-        USER_FIELDS.replace("{to}", "to_jsonb")
+        USER_FIELDS
+            .replace("{to}", "to_jsonb")
+            .replace("{mfa}", ACTIVE_MFA_TYPE)
     )
 });
 
-/// The same as json text: cheaper to build and to read where it is only handed back.
-static USER_JSON_TEXT: LazyLock<String> = LazyLock::new(|| {
+/// The row that tokens are issued from (a `SessionRow`): session `s` with its user `u` and the
+/// new refresh token `t`; the user object is json text, cheaper to build and to read where it
+/// is only handed back. `active_mfa_type` is the user's active second factor (ACTIVE_MFA_TYPE,
+/// or a column where the statement has read it already).
+pub fn session_row(active_mfa_type: &str) -> String {
     format!(
-        "json_build_object({})",
-        USER_FIELDS.replace("{to}", "to_json")
+        "json_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
+                           'now', floor(date_part('epoch', now()))::bigint,
+                           'user', json_build_object({}), 'refresh_token_id', (SELECT id FROM t))",
+        USER_FIELDS
+            .replace("{to}", "to_json")
+            .replace("{mfa}", active_mfa_type)
     )
-});
+}
 
 #[derive(Deserialize)]
 pub struct SessionRow {
@@ -114,24 +125,13 @@ pub const TOKEN_CTE: &str = "t AS (
     SELECT s.id, $2::uuid, $3, now() + make_interval(secs => $4) FROM s
     RETURNING id)";
 
-/// The row that tokens are issued from (a `SessionRow`): session `s` with its user `u` and the
-/// new refresh token `t`.
-pub static SESSION_ROW: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "json_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
-                           'now', floor(date_part('epoch', now()))::bigint,
-                           'user', {}, 'refresh_token_id', (SELECT id FROM t))",
-        *USER_JSON_TEXT
-    )
-});
-
 /// The row that tokens are issued from, read together with the new refresh token's insert
 /// (the CTE `s` names the session).
 fn issued_row_sql(session: &str) -> String {
     format!(
         "{session}, {TOKEN_CTE}
          SELECT {} FROM s JOIN auth.users u ON u.id = s.user_id",
-        *SESSION_ROW
+        session_row(ACTIVE_MFA_TYPE)
     )
 }
 

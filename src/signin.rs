@@ -3,7 +3,7 @@
 use crate::autonomous::{self, Action, Target};
 use crate::lookup::{Cond, Order};
 use crate::outbox::{self, admit, channel, lock_phone, Recipient, VERIFY_IP};
-use crate::session::{SESSION_ROW, TOKEN_CTE, USER_BLOCKED};
+use crate::session::{session_row, TOKEN_CTE, USER_BLOCKED};
 use crate::{audit, config, db, lookup, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
@@ -149,6 +149,7 @@ fn signup_sms_otp(phone: Option<&str>, options: Option<JsonB>) -> Result<Value> 
 /// The phone's latest live code of a purpose.
 struct LiveCode {
     id: String,
+    user_id: Option<String>,
     hash: Vec<u8>,
     attempts: i64,
     /// Not expired at the time of the read.
@@ -193,6 +194,7 @@ fn live_code(phone: &str, purpose: &str, user_id: Option<&str>) -> Result<Option
             }
             found = r.uuid(0).map(|id| LiveCode {
                 id,
+                user_id: r.uuid(6),
                 hash: r.bytes(1).unwrap_or_default(),
                 attempts: r.int(2).unwrap_or(i64::MAX),
                 live: r.timestamp(3).is_some_and(|at| at > clock),
@@ -207,7 +209,7 @@ fn live_code(phone: &str, purpose: &str, user_id: Option<&str>) -> Result<Option
 /// after the per-IP limit on wrong codes. The caller holds the phone's lock, so guesses at one
 /// phone are judged one at a time. Every failed attempt is durably recorded before the answer,
 /// with or without a usable code: the two cases then cost the same (no registration oracle in
-/// the timing) and fail closed alike. Answers the id of the matched code, still unconsumed.
+/// the timing) and fail closed alike. Answers the matched code, still unconsumed.
 pub(crate) fn judge_code(
     cfg: &Config,
     phone: &str,
@@ -215,7 +217,7 @@ pub(crate) fn judge_code(
     user_id: Option<&str>,
     code: &str,
     ip: Option<&str>,
-) -> Result<String> {
+) -> Result<Matched> {
     let (latest, ip_failures) = lookup::statement(|| {
         let latest = live_code(phone, purpose, user_id)?;
         let failures = match ip {
@@ -240,7 +242,10 @@ pub(crate) fn judge_code(
     let matches = otp::verify_code(&pepper, purpose, phone, code, stored);
     let live = latest.filter(|c| c.live && c.attempts < cfg.otp_max_attempts);
     match live {
-        Some(live) if matches => Ok(live.id),
+        Some(live) if matches => Ok(Matched {
+            id: live.id,
+            user_id: live.user_id,
+        }),
         live => {
             autonomous::record(&Action::Attempt {
                 audit_id: otp::time_ordered_uuid_text(),
@@ -254,6 +259,36 @@ pub(crate) fn judge_code(
             Err(AuthError::invalid_otp())
         }
     }
+}
+
+/// A code that [`judge_code`] found right.
+pub(crate) struct Matched {
+    pub id: String,
+    /// The user it was issued to.
+    pub user_id: Option<String>,
+}
+
+/// Whether user `user_id` has a verified TOTP factor, read by index (see `lookup`) from the
+/// index that allows one per user.
+fn has_verified_totp(user_id: &str) -> Result<bool> {
+    let user = uuid::Uuid::parse_str(user_id)
+        .map_err(|_| AuthError::internal("A user id is malformed."))?;
+    let mut found = false;
+    lookup::statement(|| {
+        lookup::scan(
+            c"mfa_factors",
+            c"mfa_factors_one_verified_totp",
+            &[(c"user_id", Cond::UuidEq(user))],
+            Order::Ascending,
+            &[c"factor_type", c"status"],
+            |r| {
+                found = r.text(0).as_deref() == Some("totp")
+                    && r.text(1).as_deref() == Some("verified");
+                !found
+            },
+        )
+    })?;
+    Ok(found)
 }
 
 /// The per-IP limit on wrong codes (right ones consume their code and need no limit). The
@@ -277,9 +312,10 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
 /// A right code's sign-in, in the caller's transaction and one statement: the attempt is counted
 /// and audited and the code consumed (single use: of concurrent calls with the right code exactly
 /// one updates the row), the phone of a user who is not disabled confirmed, and, unless the user
-/// must also pass TOTP (`totp`: $8 and a verified factor), the sign-in audited and the new
-/// session (aal1, amr sms, ip $7) and its refresh token ($3 hashed, lifetime $4; $2 no parent)
-/// made: see session::TOKEN_CTE and SESSION_ROW. The session's user is the updated row.
+/// must also pass TOTP ($8), the sign-in audited and the new session (aal1, amr sms, ip $7) and
+/// its refresh token ($3 hashed, lifetime $4; $2 no parent) made: see session::TOKEN_CTE and
+/// session_row. The session's user is the updated row, whose active second factor ($9) the
+/// caller has read (see `has_verified_totp`). Both audit rows are one insert.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH code AS (
@@ -287,33 +323,30 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
            AND expires_at > clock_timestamp() AND attempts < $5
          RETURNING user_id, purpose, attempts),
-     attempt AS (
-         INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'verify_attempt', c.user_id, $6, $7::inet,
-                jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
-         FROM code c),
      signed_in AS (
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
          FROM code c WHERE u.id = c.user_id AND NOT {USER_BLOCKED}
-         RETURNING u.*, ($8 AND EXISTS (SELECT 1 FROM auth.mfa_factors f
-                                        WHERE f.user_id = u.id AND f.factor_type = 'totp'
-                                          AND f.status = 'verified')) AS totp),
+         RETURNING u.*),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
-         SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT s.totp),
+         SELECT 'verify_attempt', c.user_id, $6, $7::inet,
+                jsonb_build_object('purpose', c.purpose, 'attempts', c.attempts)
+         FROM code c
+         UNION ALL
+         SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT $8),
      s AS (
          INSERT INTO auth.sessions (user_id, aal, amr, ip)
          SELECT si.id, 'aal1', jsonb_build_array(jsonb_build_object(
                     'method', 'sms', 'timestamp', floor(date_part('epoch', now()))::bigint)),
                 $7::inet
-         FROM signed_in si WHERE NOT si.totp
+         FROM signed_in si WHERE NOT $8
          RETURNING id, user_id, aal, amr),
      {TOKEN_CTE}
      SELECT json_build_object('user_id', (SELECT user_id FROM code),
                                'signed_in', EXISTS (SELECT 1 FROM signed_in),
                                'session', (SELECT {} FROM s JOIN signed_in u ON u.id = s.user_id))",
-        *SESSION_ROW
+        session_row("$9::text"),
     )
 });
 
@@ -333,19 +366,24 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
     let ip = request::client_ip(&cfg)?;
     // Serialise guesses at one phone: each is recorded before the next is judged.
     lock_phone(&phone)?;
-    let code_id = judge_code(&cfg, &phone, PURPOSE, None, code, ip.as_deref())?;
+    let code = judge_code(&cfg, &phone, PURPOSE, None, code, ip.as_deref())?;
+    let totp = match &code.user_id {
+        Some(user) => has_verified_totp(user)?,
+        None => false,
+    };
     let refresh_token = new_refresh_token()?;
     let signed: SignedIn = db::row_as(
         &SIGN_IN_SQL,
         &[
-            db::text(&code_id),
+            db::text(&code.id),
             db::opt_text(None),
             refresh_token_hash(&refresh_token).into(),
             cfg.refresh_token_ttl.into(),
             cfg.otp_max_attempts.into(),
             db::text(&phone),
             db::opt_text(ip.as_deref()),
-            cfg.mfa_signin_requires_totp.into(),
+            (cfg.mfa_signin_requires_totp && totp).into(),
+            db::opt_text(totp.then_some("totp")),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;

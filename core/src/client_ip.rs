@@ -19,6 +19,61 @@ pub fn valid_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// The string value of header `name` in `headers`, the JSON object PostgREST sets as
+/// `request.headers`; None if the JSON is malformed or the value is not a string. Of repeated
+/// names the last wins, as for a parsed object. Only that value is copied out: the other
+/// headers are skipped, not built.
+pub fn header_value(headers: &str, name: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    /// Whether a key is `name`.
+    struct Is<'n>(&'n str);
+    impl<'de> DeserializeSeed<'de> for Is<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for Is<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a header name")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+            Ok(key == self.0)
+        }
+    }
+
+    /// The object's value under `name`, if a string.
+    struct Find<'n>(&'n str);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of headers")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(wanted) = map.next_key_seed(Is(self.0))? {
+                if wanted {
+                    found = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::String(v) => Some(v),
+                        _ => None,
+                    };
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(headers);
+    let found = de.deserialize_map(Find(name)).ok()?;
+    de.end().ok()?;
+    found
+}
+
 /// The client address for a request whose `header` (by the configured name) holds `value`,
 /// behind `hops` trusted proxies, connected from `peer`.
 pub fn client_ip(
@@ -177,5 +232,41 @@ mod tests {
         assert!(
             !valid_header_name("X-Real-IP") && !valid_header_name("") && !valid_header_name("a b")
         );
+    }
+
+    #[test]
+    fn header_values_from_the_headers_json() {
+        let h = r#"{"accept": "*/*", "x-forwarded-for": "203.0.113.9, 10.0.0.1", "n": 1}"#;
+        assert_eq!(
+            header_value(h, "x-forwarded-for").as_deref(),
+            Some("203.0.113.9, 10.0.0.1")
+        );
+        assert_eq!(header_value(h, "x-real-ip"), None);
+        // Only strings are values.
+        assert_eq!(header_value(h, "n"), None);
+        assert_eq!(header_value(r#"{"a": {"b": "c"}}"#, "a"), None);
+        // Escapes in names and values are read as JSON.
+        assert_eq!(
+            header_value(r#"{"x-real-\u0069p": "192.0.2.\u0031"}"#, "x-real-ip").as_deref(),
+            Some("192.0.2.1")
+        );
+        // The last of repeated names wins, as in a parsed object.
+        assert_eq!(
+            header_value(
+                r#"{"x-real-ip": "192.0.2.1", "x-real-ip": "192.0.2.2"}"#,
+                "x-real-ip"
+            )
+            .as_deref(),
+            Some("192.0.2.2")
+        );
+        // Malformed JSON has no values, even where the name was read before the fault.
+        for bad in [
+            r#"{"x-real-ip": "192.0.2.1", "#,
+            r#"{"x-real-ip": "192.0.2.1"} trailing"#,
+            r#"["x-real-ip", "192.0.2.1"]"#,
+            "",
+        ] {
+            assert_eq!(header_value(bad, "x-real-ip"), None, "{bad}");
+        }
     }
 }

@@ -32,12 +32,53 @@ pub fn random_uuid() -> Result<String> {
 /// rows written on every call use it, so that their primary-key inserts land on the index's
 /// latest pages instead of a random page each (which, in a large table, is a page read and,
 /// after every checkpoint, a full-page image in the WAL). Not for secrets: the time is readable.
+/// The random bits come from the OS CSPRNG, read ahead (see [`RandomAhead`]).
 pub fn time_ordered_uuid() -> [u8; 16] {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, now.as_secs(), now.subsec_nanos());
-    *uuid::Uuid::new_v7(ts).as_bytes()
+    let random = RANDOM_AHEAD.with(|r| r.borrow_mut().take::<10>());
+    *uuid::Builder::from_unix_timestamp_millis(now.as_millis() as u64, &random)
+        .into_uuid()
+        .as_bytes()
+}
+
+/// Bytes from the OS CSPRNG, read a few kilobytes at a time instead of with a system call per
+/// id, and each handed out once. The buffer belongs to the process that filled it: a forked
+/// child (every PostgreSQL backend is one) never takes its parent's bytes, since it would
+/// then hand out the ids its parent hands out.
+struct RandomAhead {
+    pid: u32,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static RANDOM_AHEAD: std::cell::RefCell<RandomAhead> =
+        const { std::cell::RefCell::new(RandomAhead { pid: 0, bytes: Vec::new() }) };
+}
+
+impl RandomAhead {
+    const READ: usize = 4096;
+
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let pid = std::process::id();
+        if self.pid != pid {
+            self.pid = pid;
+            self.bytes.clear();
+        }
+        if self.bytes.len() < N {
+            self.bytes.resize(Self::READ, 0);
+            // The CSPRNG of Linux does not fail once seeded; if it ever did, the ids would
+            // still be distinct by time but guessable, so fail loudly instead.
+            getrandom::getrandom(&mut self.bytes).expect("the OS random source failed");
+        }
+        let mut out = [0u8; N];
+        let rest = self.bytes.len() - N;
+        out.copy_from_slice(&self.bytes[rest..]);
+        // Each byte is handed out once.
+        self.bytes.truncate(rest);
+        out
+    }
 }
 
 /// [`time_ordered_uuid`] in canonical text form (the ids of audit rows written for a caller).
@@ -163,9 +204,10 @@ mod tests {
         let now = crate::clock::unix_seconds() as u64 * 1000;
         assert!(ms <= now + 1000 && ms + 5000 >= now, "{ms} vs {now}");
         // The same millisecond still gives distinct ids (74 random bits).
+        // across refills of the bytes read ahead.
         let many: std::collections::HashSet<[u8; 16]> =
-            (0..1000).map(|_| time_ordered_uuid()).collect();
-        assert_eq!(many.len(), 1000);
+            (0..5000).map(|_| time_ordered_uuid()).collect();
+        assert_eq!(many.len(), 5000);
     }
 
     #[test]

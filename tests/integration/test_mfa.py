@@ -163,6 +163,24 @@ def test_adding_a_factor_next_to_a_verified_one_needs_aal2(db):
     u.call("mfa_enroll", factor_type="phone", phone="+15552020777")
 
 
+def test_an_sms_sign_in_names_the_users_verified_totp_factor(db):
+    """The sign-in's user object says whether a verified TOTP factor is active (read by the
+    index that allows one per user): not for a factor still unverified, nor for another user's."""
+    db.setting("mfa_signin_requires_totp", False)
+    u = User(db)
+    f = u.enroll_totp()
+    assert User(db).session["user"]["active_mfa_type"] is None
+    u.adopt(u.call("mfa_challenge_and_verify", factor_id=f["id"], code=oathtool(f["totp"]["secret"])))
+    again = User(db)
+    assert again.session["user"]["active_mfa_type"] == "totp"
+    assert again.db.decode(again.session["access_token"])["aal"] == "aal1"
+    assert User(db, "+15552020779").session["user"]["active_mfa_type"] is None
+    # Required at sign-in, the factor turns the SMS step into a ticket instead of a session.
+    db.setting("mfa_signin_requires_totp", True)
+    granted = sms_step(db)
+    assert granted["session"] is None and granted["mfa"]["ticket"].startswith("mfaTotp:")
+
+
 def test_mfa_verification_is_refused_inside_a_transaction_that_wrote(db):
     u = User(db)
     f = u.enroll_totp()
