@@ -272,12 +272,16 @@ unsafe fn index_collation(irel: pg_sys::Relation, attno: i32) -> Option<pg_sys::
     }
 }
 
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+pub(crate) const UNIX_EPOCH_OFFSET: i64 = (pg_sys::POSTGRES_EPOCH_JDATE - pg_sys::UNIX_EPOCH_JDATE)
+    as i64
+    * pg_sys::SECS_PER_DAY as i64
+    * 1_000_000;
+
 /// `ts` (microseconds since 2000-01-01) as seconds since the Unix epoch, as
 /// `date_part('epoch', ts)` computes it.
 pub(crate) fn epoch_seconds(ts: i64) -> f64 {
-    use pgrx::pg_sys::{POSTGRES_EPOCH_JDATE, SECS_PER_DAY, UNIX_EPOCH_JDATE};
-    let offset = (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) as i64 * SECS_PER_DAY as i64 * 1_000_000;
-    (ts + offset) as f64 / 1e6
+    (ts + UNIX_EPOCH_OFFSET) as f64 / 1e6
 }
 
 /// The seconds of a difference of two timestamptz values (microseconds), as

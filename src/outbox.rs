@@ -317,21 +317,15 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
              WHERE $7::uuid IS NOT NULL AND phone = $1 AND purpose = $8 AND user_id = $7::uuid
                AND status = 'queued'),
          code AS (
-             INSERT INTO auth.otp_codes (user_id, purpose, subject, code_hash, expires_at)
-             SELECT $7::uuid, $8, $1, $9, now() + make_interval(secs => $10)
-             WHERE $7::uuid IS NOT NULL
-             RETURNING id, expires_at),
+             INSERT INTO auth.otp_codes (id, user_id, purpose, subject, code_hash, expires_at)
+             SELECT $13::uuid, $7::uuid, $8, $1, $9, now() + make_interval(secs => $10)
+             WHERE $7::uuid IS NOT NULL),
          message AS (
              INSERT INTO auth.sms_outbox
-                 (phone, channel, body, captcha_token, purpose, user_id, expires_at)
-             SELECT $1, $3, $11, $12, $8, $7::uuid, code.expires_at FROM code
-             WHERE $11::text IS NOT NULL
-             RETURNING id, expires_at)
-         SELECT coalesce(
-             (SELECT json_build_object('id', id, 'expires_at', expires_at) FROM message),
-             (SELECT json_build_object('id', id, 'expires_at', expires_at) FROM code),
-             json_build_object('id', auth._uuid_v7(),
-                                'expires_at', now() + make_interval(secs => $10)))",
+                 (id, phone, channel, body, captcha_token, purpose, user_id, expires_at)
+             SELECT $14::uuid, $1, $3, $11, $12, $8, $7::uuid, now() + make_interval(secs => $10)
+             WHERE $7::uuid IS NOT NULL AND $11::text IS NOT NULL)
+         SELECT to_json(now() + make_interval(secs => $10))",
         ip_key = SEND_IP.key_sql(Some("host($2::inet)")),
         budget_key = BUDGET.key_sql(None),
         ip_width = SEND_IP.bucket_seconds,
@@ -342,7 +336,9 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
 /// Records an admitted code request (the send event and the rate counters; the budget counts
 /// it only if a message is queued), and stores `code` and queues its message, all in one
 /// statement. Answers the message (or, for a test number, the code); without a code, an id and
-/// expiry of the same shape that name nothing, so callers cannot tell the cases apart.
+/// expiry of the same shape that name nothing, so callers cannot tell the cases apart. The ids
+/// are made here (time-ordered, as the tables' defaults), so the statement returns only the
+/// expiry, which code and message share.
 /// The outbox insert trigger wakes the dispatcher (see `wakeup`).
 pub fn record_send(
     cfg: &Config,
@@ -363,7 +359,17 @@ pub fn record_send(
         ),
         None => (None, "", None, cfg.otp_ttl, None, None),
     };
-    let issued = db::row_as(
+    let code_id = user_id.map(|_| otp::time_ordered_uuid_text());
+    let message_id = code_id
+        .as_ref()
+        .and(body.as_ref())
+        .map(|_| otp::time_ordered_uuid_text());
+    // The message if one is queued, else the code if one is stored, else an id of nothing.
+    let answered = message_id
+        .clone()
+        .or_else(|| code_id.clone())
+        .unwrap_or_else(otp::time_ordered_uuid_text);
+    let expires_at: Value = db::row(
         &RECORD_SQL,
         &[
             db::text(phone),
@@ -378,13 +384,18 @@ pub fn record_send(
             ttl.into(),
             db::opt_text(body.as_deref()),
             db::opt_text(captcha_token),
+            db::opt_text(code_id.as_deref()),
+            db::opt_text(message_id.as_deref()),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
     if will_queue {
         budget::count_at_commit(transaction_start(), BUDGET.bucket_seconds);
     }
-    Ok(issued)
+    Ok(Issued {
+        id: Value::String(answered),
+        expires_at,
+    })
 }
 
 /// Records an admitted code request for `phone` and, when it is `to` a user (id, locale),

@@ -43,18 +43,26 @@ pub static USER_JSON: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The row that tokens are issued from (a `SessionRow`): session `s` with its user `u` and the
-/// new refresh token `t`; the user object is json text, cheaper to build and to read where it
-/// is only handed back. `active_mfa_type` is the user's active second factor (ACTIVE_MFA_TYPE,
-/// or a column where the statement has read it already).
-pub fn session_row(active_mfa_type: &str) -> String {
+/// The `user` object of a session (alias `u`) as json text, cheaper to build and to read where
+/// it is only handed back; `active_mfa_type` is the user's active second factor
+/// (ACTIVE_MFA_TYPE, or a value the caller has read already).
+pub fn user_json_text(active_mfa_type: &str) -> String {
     format!(
-        "json_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
-                           'now', floor(date_part('epoch', now()))::bigint,
-                           'user', json_build_object({}), 'refresh_token_id', (SELECT id FROM t))",
+        "json_build_object({})",
         USER_FIELDS
             .replace("{to}", "to_json")
             .replace("{mfa}", active_mfa_type)
+    )
+}
+
+/// The row that tokens are issued from (a `SessionRow`): session `s` with its user `u` and the
+/// new refresh token `t`.
+fn session_row() -> String {
+    format!(
+        "json_build_object('id', s.id, 'aal', s.aal, 'amr', s.amr,
+                           'now', floor(date_part('epoch', now()))::bigint,
+                           'user', {}, 'refresh_token_id', (SELECT id FROM t))",
+        user_json_text(ACTIVE_MFA_TYPE)
     )
 }
 
@@ -68,6 +76,30 @@ pub struct SessionRow {
     /// token needs from it.
     user: Box<RawValue>,
     refresh_token_id: String,
+}
+
+impl SessionRow {
+    /// A session just started by `method` at `now` (Unix seconds, the transaction's start) at
+    /// level aal1, for `user` (see user_json_text).
+    pub fn started(
+        id: String,
+        method: &str,
+        now: i64,
+        user: Box<RawValue>,
+        refresh_token_id: String,
+    ) -> Self {
+        SessionRow {
+            id,
+            aal: "aal1".into(),
+            amr: vec![AuthMethod {
+                method: method.into(),
+                timestamp: now,
+            }],
+            now,
+            user,
+            refresh_token_id,
+        }
+    }
 }
 
 /// What the access token says about the user, read from the `user` object.
@@ -131,7 +163,7 @@ fn issued_row_sql(session: &str) -> String {
     format!(
         "{session}, {TOKEN_CTE}
          SELECT {} FROM s JOIN auth.users u ON u.id = s.user_id",
-        session_row(ACTIVE_MFA_TYPE)
+        session_row()
     )
 }
 

@@ -3,7 +3,7 @@
 use crate::autonomous::{self, Action, Target};
 use crate::lookup::{Cond, Order};
 use crate::outbox::{self, admit, channel, lock_phone, Recipient, VERIFY_IP};
-use crate::session::{session_row, TOKEN_CTE, USER_BLOCKED};
+use crate::session::{user_json_text, USER_BLOCKED};
 use crate::{audit, config, db, lookup, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
@@ -312,10 +312,11 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
 /// A right code's sign-in, in the caller's transaction and one statement: the attempt is counted
 /// and audited and the code consumed (single use: of concurrent calls with the right code exactly
 /// one updates the row), the phone of a user who is not disabled confirmed, and, unless the user
-/// must also pass TOTP ($8), the sign-in audited and the new session (aal1, amr sms, ip $7) and
-/// its refresh token ($3 hashed, lifetime $4; $2 no parent) made: see session::TOKEN_CTE and
-/// session_row. The session's user is the updated row, whose active second factor ($9) the
-/// caller has read (see `has_verified_totp`). Both audit rows are one insert.
+/// must also pass TOTP ($8), the sign-in audited and the new session $2 (aal1, amr sms, ip $7)
+/// and its refresh token $10 ($3 hashed, lifetime $4) made. Answers the code's user and the
+/// updated user object, whose active second factor ($9) the caller has read (see
+/// `has_verified_totp`); the ids are made by the caller, which knows the rest of the session.
+/// Both audit rows are one insert.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH code AS (
@@ -336,25 +337,26 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          UNION ALL
          SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT $8),
      s AS (
-         INSERT INTO auth.sessions (user_id, aal, amr, ip)
-         SELECT si.id, 'aal1', jsonb_build_array(jsonb_build_object(
+         INSERT INTO auth.sessions (id, user_id, aal, amr, ip)
+         SELECT $2::uuid, si.id, 'aal1', jsonb_build_array(jsonb_build_object(
                     'method', 'sms', 'timestamp', floor(date_part('epoch', now()))::bigint)),
                 $7::inet
-         FROM signed_in si WHERE NOT $8
-         RETURNING id, user_id, aal, amr),
-     {TOKEN_CTE}
+         FROM signed_in si WHERE NOT $8),
+     t AS (
+         INSERT INTO auth.refresh_tokens (id, session_id, token_hash, expires_at)
+         SELECT $10::uuid, $2::uuid, $3, now() + make_interval(secs => $4)
+         FROM signed_in si WHERE NOT $8)
      SELECT json_build_object('user_id', (SELECT user_id FROM code),
-                               'signed_in', EXISTS (SELECT 1 FROM signed_in),
-                               'session', (SELECT {} FROM s JOIN signed_in u ON u.id = s.user_id))",
-        session_row("$9::text"),
+                               'user', (SELECT {} FROM signed_in u))",
+        user_json_text("$9::text"),
     )
 });
 
 #[derive(Deserialize)]
 struct SignedIn {
     user_id: Option<String>,
-    signed_in: bool,
-    session: Option<session::SessionRow>,
+    /// Absent when the user is disabled or banned.
+    user: Option<Box<serde_json::value::RawValue>>,
 }
 
 fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Granted> {
@@ -371,38 +373,40 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
         Some(user) => has_verified_totp(user)?,
         None => false,
     };
+    let needs_totp = cfg.mfa_signin_requires_totp && totp;
     let refresh_token = new_refresh_token()?;
+    let session_id = otp::time_ordered_uuid_text();
+    let refresh_token_id = otp::time_ordered_uuid_text();
     let signed: SignedIn = db::row_as(
         &SIGN_IN_SQL,
         &[
             db::text(&code.id),
-            db::opt_text(None),
+            db::text(&session_id),
             refresh_token_hash(&refresh_token).into(),
             cfg.refresh_token_ttl.into(),
             cfg.otp_max_attempts.into(),
             db::text(&phone),
             db::opt_text(ip.as_deref()),
-            (cfg.mfa_signin_requires_totp && totp).into(),
+            needs_totp.into(),
             db::opt_text(totp.then_some("totp")),
+            db::text(&refresh_token_id),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;
     let user_id = signed.user_id.ok_or_else(AuthError::invalid_otp)?;
-    if !signed.signed_in {
-        return Err(AuthError::disabled_user());
+    let user = signed.user.ok_or_else(AuthError::disabled_user)?;
+    if needs_totp {
+        let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
+        return Ok(session::Granted::mfa(mfa));
     }
-    match signed.session {
-        Some(row) => Ok(session::Granted::session(session::tokens(
-            &cfg,
-            row,
-            refresh_token,
-        )?)),
-        None => {
-            // The user has a verified TOTP factor and sign-in requires it.
-            let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
-            Ok(session::Granted::mfa(mfa))
-        }
-    }
+    // The session's start: the transaction's, as the statement wrote it (now()).
+    let now = (lookup::now() + lookup::UNIX_EPOCH_OFFSET).div_euclid(1_000_000);
+    let row = session::SessionRow::started(session_id, "sms", now, user, refresh_token_id);
+    Ok(session::Granted::session(session::tokens(
+        &cfg,
+        row,
+        refresh_token,
+    )?))
 }
 
 crate::answer::api_function!(
