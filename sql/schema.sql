@@ -219,7 +219,8 @@ CREATE TABLE auth.mfa_factors (
     CHECK ((factor_type = 'phone') = (phone IS NOT NULL))
 );
 CREATE INDEX mfa_factors_user ON auth.mfa_factors (user_id);
--- At most one verified TOTP factor per user: sign-in tickets are judged against it.
+-- At most one verified TOTP factor per user: sign-in tickets are judged against it, and a
+-- sign-in reads it by index (src/lookup.rs) to tell whether the user has one.
 CREATE UNIQUE INDEX mfa_factors_one_verified_totp ON auth.mfa_factors (user_id)
     WHERE factor_type = 'totp' AND status = 'verified';
 

@@ -1,12 +1,12 @@
 //! Reads by index without SQL, for the reads every code request and every code check makes.
 //!
 //! Admitting a send reads the phone's user, its recent sends and the address's rate counters;
-//! judging a code reads the phone's live code and the address's failures: a few rows found by
-//! key. As SQL statements, most of their cost was the executor's start-up (a node, an
-//! expression and a tuple slot per subquery and per column) and the plan cache's checks, not
-//! the rows. Each read here is one index scan (genam's `systable_beginscan_ordered`, the way
-//! PostgreSQL reads its catalogs and Citus its metadata tables) that copies out the columns
-//! it needs.
+//! judging a code reads the phone's live code and the address's failures, and a sign-in whether
+//! the user has a verified TOTP factor: a few rows found by key. As SQL statements, most of
+//! their cost was the executor's start-up (a node, an expression and a tuple slot per subquery
+//! and per column) and the plan cache's checks, not the rows. Each read here is one index scan
+//! (genam's `systable_beginscan_ordered`, the way PostgreSQL reads its catalogs and Citus its
+//! metadata tables) that copies out the columns it needs.
 //!
 //! A read sees what a statement in its place would: it runs in [`statement`], which advances
 //! the command counter and takes a new snapshot as SPI does for each statement (a fresh one in
