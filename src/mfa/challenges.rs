@@ -120,21 +120,27 @@ fn verify(
         &cfg,
         &me,
         &factor,
-        &challenge_id,
-        false,
+        Challenge::Stored(&challenge_id),
         code,
         ip.as_deref(),
     )
 }
 
-/// `made_in_this_call`: the challenge was created by this same call (mfa_challenge_and_verify),
-/// so the attempt worker cannot see it and only the factor-level record binds.
+/// The challenge a verification answers.
+enum Challenge<'a> {
+    /// One made earlier (mfa_challenge), by id: read under the factor's lock.
+    Stored(&'a str),
+    /// One this same call has just made (mfa_challenge_and_verify) for the caller's session: a
+    /// TOTP challenge, unused and live. The attempt worker cannot see it, so only the
+    /// factor-level record binds.
+    MadeInThisCall(String),
+}
+
 fn verify_challenge(
     cfg: &Config,
     me: &CurrentSession,
     factor: &Factor,
-    challenge_id: &str,
-    made_in_this_call: bool,
+    challenge: Challenge,
     code: &str,
     ip: Option<&str>,
 ) -> Result<session::Tokens> {
@@ -159,14 +165,26 @@ fn verify_challenge(
         check_setup_allowed(me, &factor)?;
     }
     check_factor_failures(cfg, &me.user_id, &factor.id)?;
-    let c: ChallengeRow = db::row_as(
-        "SELECT jsonb_build_object('id', id, 'session_id', session_id,
-                                   'code_hash', encode(code_hash, 'hex'), 'attempts', attempts,
-                                   'live', verified_at IS NULL AND expires_at > clock_timestamp())
-         FROM auth.mfa_challenges WHERE id = $1::uuid AND factor_id = $2::uuid",
-        &[db::text(challenge_id), db::text(&factor.id)],
-    )?
-    .ok_or_else(|| AuthError::new(404, "mfa-challenge-not-found", "No such challenge."))?;
+    let made_in_this_call = matches!(challenge, Challenge::MadeInThisCall(_));
+    let c = match challenge {
+        Challenge::Stored(id) => db::row_as(
+            "SELECT jsonb_build_object('id', id, 'session_id', session_id,
+                                       'code_hash', encode(code_hash, 'hex'), 'attempts', attempts,
+                                       'live', verified_at IS NULL AND expires_at > clock_timestamp())
+             FROM auth.mfa_challenges WHERE id = $1::uuid AND factor_id = $2::uuid",
+            &[db::text(id), db::text(&factor.id)],
+        )?
+        .ok_or_else(|| AuthError::new(404, "mfa-challenge-not-found", "No such challenge."))?,
+        // It expires mfa_challenge_ttl after the transaction's start (start_challenge).
+        Challenge::MadeInThisCall(id) => ChallengeRow {
+            id,
+            session_id: me.session_id.clone(),
+            code_hash: None,
+            attempts: 0,
+            live: crate::lookup::clock()
+                < crate::lookup::now().saturating_add(cfg.mfa_challenge_ttl * 1_000_000),
+        },
+    };
     let usable = c.live && c.attempts < cfg.mfa_max_attempts && c.session_id == me.session_id;
     let wrong = || {
         if is_totp {
@@ -306,7 +324,14 @@ fn challenge_and_verify(factor_id: Option<Uuid>, code: Option<&str>) -> Result<s
     let ip = request::client_ip(&cfg)?;
     let issued = start_challenge(&cfg, &me, &factor, "sms", ip.as_deref())?;
     let id = issued.id.as_str().unwrap_or_default().to_string();
-    verify_challenge(&cfg, &me, &factor, &id, true, code, ip.as_deref())
+    verify_challenge(
+        &cfg,
+        &me,
+        &factor,
+        Challenge::MadeInThisCall(id),
+        code,
+        ip.as_deref(),
+    )
 }
 
 fn assurance_level() -> Result<Value> {
