@@ -203,8 +203,9 @@ fn transaction_start() -> f64 {
 }
 
 /// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
-/// `phone`, and answers the phone's user (read by index with the rest, see `lookup`). The caller holds the
-/// phone's lock (`lock_phone`) and then records the request with [`record_send`].
+/// `phone`, and answers the phone's user (read by index with the rest, see `lookup`). The
+/// caller holds the phone's lock (`lock_phone`) and then records the request with
+/// [`record_send`].
 ///
 /// Sends for one phone are serialised by that lock, so the per-phone limit is exact. The per-IP
 /// limit and the global budget are read from bucketed counters (a fixed number of rows) and are

@@ -203,8 +203,8 @@ mod tests {
         let ms = u64::from_be_bytes([0, 0, a[0], a[1], a[2], a[3], a[4], a[5]]);
         let now = crate::clock::unix_seconds() as u64 * 1000;
         assert!(ms <= now + 1000 && ms + 5000 >= now, "{ms} vs {now}");
-        // The same millisecond still gives distinct ids (74 random bits).
-        // across refills of the bytes read ahead.
+        // The same millisecond still gives distinct ids (74 random bits), across refills of
+        // the bytes read ahead.
         let many: std::collections::HashSet<[u8; 16]> =
             (0..5000).map(|_| time_ordered_uuid()).collect();
         assert_eq!(many.len(), 5000);
