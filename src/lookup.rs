@@ -78,11 +78,17 @@ impl Row {
         self.bytes_of(column, <[u8]>::to_vec)
     }
 
+    /// A uuid column.
+    pub fn uuid_value(&self, column: usize) -> Option<uuid::Uuid> {
+        let datum = self.datum(column)?;
+        Some(uuid::Uuid::from_bytes(unsafe {
+            *datum.cast_mut_ptr::<[u8; 16]>()
+        }))
+    }
+
     /// A uuid column in its canonical text form.
     pub fn uuid(&self, column: usize) -> Option<String> {
-        let datum = self.datum(column)?;
-        let bytes = unsafe { *datum.cast_mut_ptr::<[u8; 16]>() };
-        Some(uuid::Uuid::from_bytes(bytes).hyphenated().to_string())
+        self.uuid_value(column).map(|u| u.hyphenated().to_string())
     }
 
     /// A timestamptz column, in microseconds since 2000-01-01.
@@ -98,6 +104,11 @@ impl Row {
     pub fn int(&self, column: usize) -> Option<i64> {
         self.datum(column).map(|d| d.value() as i32 as i64)
     }
+}
+
+/// A user id handed to a read ([`Cond::UuidEq`]), from its text.
+pub(crate) fn user_uuid(id: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(id).map_err(|_| AuthError::internal("A user id is malformed."))
 }
 
 /// The oid of relation `name` in schema auth, if there is one.
@@ -273,8 +284,7 @@ unsafe fn index_collation(irel: pg_sys::Relation, attno: i32) -> Option<pg_sys::
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-pub(crate) const UNIX_EPOCH_OFFSET: i64 = (pg_sys::POSTGRES_EPOCH_JDATE - pg_sys::UNIX_EPOCH_JDATE)
-    as i64
+const UNIX_EPOCH_OFFSET: i64 = (pg_sys::POSTGRES_EPOCH_JDATE - pg_sys::UNIX_EPOCH_JDATE) as i64
     * pg_sys::SECS_PER_DAY as i64
     * 1_000_000;
 

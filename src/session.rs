@@ -79,11 +79,11 @@ pub struct SessionRow {
 }
 
 impl SessionRow {
-    /// A session just started by `method` at `now` (Unix seconds, the transaction's start) at
-    /// level aal1, for `user` (see user_json_text).
+    /// A session just started at level aal1 with methods `amr`, as its row stores them, at
+    /// `now` (Unix seconds, the transaction's start), for `user` (see user_json_text).
     pub fn started(
         id: String,
-        method: &str,
+        amr: Vec<AuthMethod>,
         now: i64,
         user: Box<RawValue>,
         refresh_token_id: String,
@@ -91,10 +91,7 @@ impl SessionRow {
         SessionRow {
             id,
             aal: "aal1".into(),
-            amr: vec![AuthMethod {
-                method: method.into(),
-                timestamp: now,
-            }],
+            amr,
             now,
             user,
             refresh_token_id,

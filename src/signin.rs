@@ -8,7 +8,7 @@ use crate::{audit, config, db, lookup, request, session};
 use pg_otp_auth_core::config::Config;
 use pg_otp_auth_core::error::{required, AuthError, Result};
 use pg_otp_auth_core::profile::{self, Profile};
-use pg_otp_auth_core::session::{new_refresh_token, refresh_token_hash};
+use pg_otp_auth_core::session::{new_refresh_token, refresh_token_hash, AuthMethod};
 use pg_otp_auth_core::{otp, phone, ratelimit};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -160,12 +160,7 @@ struct LiveCode {
 /// (see `lookup`): the newest row of `otp_codes_live` that is still unconsumed, not
 /// superseded, and the user's.
 fn live_code(phone: &str, purpose: &str, user_id: Option<&str>) -> Result<Option<LiveCode>> {
-    let user = user_id
-        .map(|u| {
-            uuid::Uuid::parse_str(u).map_err(|_| AuthError::internal("A user id is malformed."))
-        })
-        .transpose()?
-        .map(|u| u.hyphenated().to_string());
+    let user = user_id.map(lookup::user_uuid).transpose()?;
     let clock = lookup::clock();
     let mut found = None;
     lookup::scan(
@@ -188,7 +183,7 @@ fn live_code(phone: &str, purpose: &str, user_id: Option<&str>) -> Result<Option
         ],
         |r| {
             let unused = r.timestamp(4).is_none() && r.timestamp(5).is_none();
-            let users = user.is_none() || r.uuid(6) == user;
+            let users = user.is_none() || r.uuid_value(6) == user;
             if !(unused && users) {
                 return true;
             }
@@ -271,8 +266,7 @@ pub(crate) struct Matched {
 /// Whether user `user_id` has a verified TOTP factor, read by index (see `lookup`) from the
 /// index that allows one per user.
 fn has_verified_totp(user_id: &str) -> Result<bool> {
-    let user = uuid::Uuid::parse_str(user_id)
-        .map_err(|_| AuthError::internal("A user id is malformed."))?;
+    let user = lookup::user_uuid(user_id)?;
     let mut found = false;
     lookup::statement(|| {
         lookup::scan(
@@ -312,7 +306,7 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
 /// A right code's sign-in, in the caller's transaction and one statement: the attempt is counted
 /// and audited and the code consumed (single use: of concurrent calls with the right code exactly
 /// one updates the row), the phone of a user who is not disabled confirmed, and, unless the user
-/// must also pass TOTP ($8), the sign-in audited and the new session $2 (aal1, amr sms, ip $7)
+/// must also pass TOTP ($8), the sign-in audited and the new session $2 (aal1, amr $11, ip $7)
 /// and its refresh token $10 ($3 hashed, lifetime $4) made. Answers the code's user and the
 /// updated user object, whose active second factor ($9) the caller has read (see
 /// `has_verified_totp`); the ids are made by the caller, which knows the rest of the session.
@@ -338,10 +332,7 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          SELECT 'sign_in', s.id, $6, $7::inet, '{{}}' FROM signed_in s WHERE NOT $8),
      s AS (
          INSERT INTO auth.sessions (id, user_id, aal, amr, ip)
-         SELECT $2::uuid, si.id, 'aal1', jsonb_build_array(jsonb_build_object(
-                    'method', 'sms', 'timestamp', floor(date_part('epoch', now()))::bigint)),
-                $7::inet
-         FROM signed_in si WHERE NOT $8),
+         SELECT $2::uuid, si.id, 'aal1', $11::jsonb, $7::inet FROM signed_in si WHERE NOT $8),
      t AS (
          INSERT INTO auth.refresh_tokens (id, session_id, token_hash, expires_at)
          SELECT $10::uuid, $2::uuid, $3, now() + make_interval(secs => $4)
@@ -377,6 +368,12 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
     let refresh_token = new_refresh_token()?;
     let session_id = otp::time_ordered_uuid_text();
     let refresh_token_id = otp::time_ordered_uuid_text();
+    // Signed in by SMS at the transaction's start, in whole seconds.
+    let now = lookup::epoch_seconds(lookup::now()).floor() as i64;
+    let amr = vec![AuthMethod {
+        method: "sms".into(),
+        timestamp: now,
+    }];
     let signed: SignedIn = db::row_as(
         &SIGN_IN_SQL,
         &[
@@ -390,6 +387,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
             needs_totp.into(),
             db::opt_text(totp.then_some("totp")),
             db::text(&refresh_token_id),
+            db::jsonb(json!(amr)),
         ],
     )?
     .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;
@@ -399,9 +397,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
         let mfa = crate::mfa::issue_ticket(&cfg, &user_id, ip.as_deref())?;
         return Ok(session::Granted::mfa(mfa));
     }
-    // The session's start: the transaction's, as the statement wrote it (now()).
-    let now = (lookup::now() + lookup::UNIX_EPOCH_OFFSET).div_euclid(1_000_000);
-    let row = session::SessionRow::started(session_id, "sms", now, user, refresh_token_id);
+    let row = session::SessionRow::started(session_id, amr, now, user, refresh_token_id);
     Ok(session::Granted::session(session::tokens(
         &cfg,
         row,

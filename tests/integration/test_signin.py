@@ -54,6 +54,9 @@ def test_whole_sign_in_flow(db):
     assert UUID_RE.match(claims["session_id"])
     assert db.one("SELECT count(*) FROM auth.sessions WHERE id = %s AND user_id = %s", claims["session_id"], u["id"]) == 1
     assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'sign_in' AND user_id = %s", u["id"]) == 1
+    # The session row stores the methods the token states, stamped with the sign-in's start.
+    stored = db.one("SELECT amr FROM auth.sessions WHERE id = %s", claims["session_id"])
+    assert stored == claims["amr"] and abs(stored[0]["timestamp"] - claims["iat"]) <= 1
 
 
 def test_a_code_works_once(db):
