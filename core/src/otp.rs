@@ -37,7 +37,7 @@ pub fn time_ordered_uuid() -> [u8; 16] {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let random = RANDOM_AHEAD.with(|r| r.borrow_mut().take::<10>());
+    let random = RANDOM_AHEAD.with(|r| r.borrow_mut().take::<10>(std::process::id()));
     *uuid::Builder::from_unix_timestamp_millis(now.as_millis() as u64, &random)
         .into_uuid()
         .as_bytes()
@@ -60,8 +60,8 @@ thread_local! {
 impl RandomAhead {
     const READ: usize = 4096;
 
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let pid = std::process::id();
+    /// `N` bytes for process `pid` (this process's id).
+    fn take<const N: usize>(&mut self, pid: u32) -> [u8; N] {
         if self.pid != pid {
             self.pid = pid;
             self.bytes.clear();
@@ -208,6 +208,27 @@ mod tests {
         let many: std::collections::HashSet<[u8; 16]> =
             (0..5000).map(|_| time_ordered_uuid()).collect();
         assert_eq!(many.len(), 5000);
+    }
+
+    #[test]
+    fn bytes_read_ahead_are_handed_out_once_and_never_to_another_process() {
+        let filled = || RandomAhead {
+            pid: 1,
+            bytes: (0..64).collect(),
+        };
+        let mut r = filled();
+        assert_eq!(r.take::<10>(1), [54, 55, 56, 57, 58, 59, 60, 61, 62, 63]);
+        assert_eq!(r.take::<10>(1), [44, 45, 46, 47, 48, 49, 50, 51, 52, 53]);
+        assert_eq!(r.bytes.len(), 44);
+        // A forked child (another pid) reads its own bytes instead of its parent's.
+        let mut child = filled();
+        let first = child.take::<16>(2);
+        assert_eq!(child.pid, 2);
+        assert_eq!(child.bytes.len(), RandomAhead::READ - 16);
+        assert!(!(0..64u8)
+            .collect::<Vec<_>>()
+            .windows(16)
+            .any(|w| w == first));
     }
 
     #[test]
