@@ -275,8 +275,9 @@ fn verify_phone_change(new_phone: Option<&str>, code: Option<&str>) -> Result<Va
     )?
     .id;
     db::row(
+        // By primary key, not a scan of otp_codes_live (see signin's SIGN_IN_SQL).
         "UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
-         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
+         WHERE id = $1::uuid AND num_nulls(consumed_at, invalidated_at) = 2
            AND expires_at > clock_timestamp() AND attempts < $2
          RETURNING to_jsonb(id)",
         &[db::text(&code_id), cfg.otp_max_attempts.into()],

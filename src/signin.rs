@@ -309,20 +309,25 @@ fn check_verify_rate(cfg: &Config, failures: &[(f64, f64, f64)]) -> Result<()> {
 /// must also pass TOTP ($8), the sign-in audited and the new session $2 (aal1, amr $11, ip $7)
 /// and its refresh token $10 ($3 hashed, lifetime $4) made. Answers the code's user and the
 /// updated user object, whose active second factor ($9) the caller has read (see
-/// `has_verified_totp`); the ids are made by the caller, which knows the rest of the session.
-/// Both audit rows are one insert.
+/// `has_verified_totp`); no row if the code is no longer live. The ids are made by the caller,
+/// which knows the rest of the session. Both audit rows are one insert.
+///
+/// The code is found by its primary key: `num_nulls` states "unused" in a form that does not
+/// imply `otp_codes_live`'s predicate, so the planner cannot choose a scan of that whole index
+/// (cheap only while few codes are live). The user's update returns only its id and the user
+/// object, not the whole row that every later reader of it would carry.
 static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH code AS (
          UPDATE auth.otp_codes SET attempts = attempts + 1, consumed_at = now()
-         WHERE id = $1::uuid AND consumed_at IS NULL AND invalidated_at IS NULL
+         WHERE id = $1::uuid AND num_nulls(consumed_at, invalidated_at) = 2
            AND expires_at > clock_timestamp() AND attempts < $5
          RETURNING user_id, purpose, attempts),
      signed_in AS (
          UPDATE auth.users u SET phone_confirmed_at = coalesce(u.phone_confirmed_at, now()),
                                  last_sign_in_at = now(), updated_at = now()
          FROM code c WHERE u.id = c.user_id AND NOT {USER_BLOCKED}
-         RETURNING u.*),
+         RETURNING u.id, {} AS user_json),
      audited AS (
          INSERT INTO auth.audit_log (event, user_id, phone, ip, detail)
          SELECT 'verify_attempt', c.user_id, $6, $7::inet,
@@ -337,8 +342,8 @@ static SIGN_IN_SQL: LazyLock<String> = LazyLock::new(|| {
          INSERT INTO auth.refresh_tokens (id, session_id, token_hash, expires_at)
          SELECT $10::uuid, $2::uuid, $3, now() + make_interval(secs => $4)
          FROM signed_in si WHERE NOT $8)
-     SELECT json_build_object('user_id', (SELECT user_id FROM code),
-                               'user', (SELECT {} FROM signed_in u))",
+     SELECT json_build_object('user_id', c.user_id, 'user', si.user_json)
+     FROM code c LEFT JOIN signed_in si ON true",
         user_json_text("$9::text"),
     )
 });
@@ -390,7 +395,8 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
             db::jsonb(json!(amr)),
         ],
     )?
-    .ok_or_else(|| AuthError::internal("The sign-in could not be recorded."))?;
+    // Consumed, superseded, expired or out of attempts since it was judged.
+    .ok_or_else(AuthError::invalid_otp)?;
     let user_id = signed.user_id.ok_or_else(AuthError::invalid_otp)?;
     let user = signed.user.ok_or_else(AuthError::disabled_user)?;
     if needs_totp {

@@ -427,6 +427,27 @@ def test_an_attempt_that_cannot_be_recorded_fails_closed(db):
     assert db.one("SELECT count(*) FROM auth.audit_log WHERE event = 'verify_attempt'") == 1
 
 
+def test_a_right_code_is_consumed_by_its_key_however_many_codes_are_live(db):
+    """Codes that are never used stay live until they are purged. A sign-in reads the live-codes
+    index for the phone's own codes only: consuming the right code goes by its primary key, not
+    through every live code of the install."""
+    # Statistics from when the table was empty make a scan of the whole index look free.
+    db.q("ANALYZE auth.otp_codes")
+    db.q("INSERT INTO auth.otp_codes (purpose, subject, code_hash, expires_at) "
+         "SELECT 'signin', '+1555' || lpad(i::text, 7, '0'), '\\x00', now() + interval '5 minutes' "
+         "FROM generate_series(1, 5000) i")
+    for _ in range(8):  # past the plan cache's custom plans, to its generic plan
+        db.sign_in(PHONE)
+    db.rpc("send_sms_otp", phone=PHONE)
+    code = db.last_code(PHONE)
+    with db.connect() as conn, conn.transaction():
+        out = db.rpc("verify_sms_otp", phone=PHONE, otp=code, conn=conn)
+        # Entries of the index this transaction has read.
+        read = conn.execute("SELECT pg_stat_get_xact_tuples_returned('auth.otp_codes_live'::regclass)").fetchone()[0]
+    assert out["session"]["user"]["phone"] == PHONE
+    assert 1 <= read < 50
+
+
 def test_attempts_without_a_live_code_are_recorded_too(db):
     """Unknown phones take the same recorded path as phones with a pending code, so timing does
     not reveal which phones are registered."""
