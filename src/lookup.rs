@@ -308,6 +308,11 @@ pub(crate) fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
 }
 
+/// `date_part('epoch', now())`: the transaction's start, in seconds since the Unix epoch.
+pub(crate) fn now_seconds() -> f64 {
+    epoch_seconds(now())
+}
+
 /// `clock_timestamp()`, in microseconds since 2000-01-01.
 pub(crate) fn clock() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }

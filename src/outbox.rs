@@ -197,11 +197,6 @@ fn read_admission(
 /// The hourly budget's window.
 const BUDGET_WINDOW: f64 = 3600.0;
 
-/// `now()` of the current transaction, in seconds since the epoch.
-fn transaction_start() -> f64 {
-    lookup::epoch_seconds(lookup::now())
-}
-
 /// Applies the cooldown and the per-phone, per-IP and global limits to a code request for
 /// `phone`, and answers the phone's user (read by index with the rest, see `lookup`). The
 /// caller holds the phone's lock (`lock_phone`) and then records the request with
@@ -212,7 +207,7 @@ fn transaction_start() -> f64 {
 /// approximate only under concurrency; preloaded, the budget is read from its tally in shared
 /// memory (see `budget`).
 pub fn admit(cfg: &Config, phone: &str, ip: Option<&str>) -> Result<Option<Recipient>> {
-    let now = transaction_start();
+    let now = lookup::now_seconds();
     let tallied = budget::read(now, BUDGET_WINDOW, BUDGET.bucket_seconds);
     let u = read_admission(
         cfg,
@@ -391,7 +386,7 @@ pub fn record_send(
     )?
     .ok_or_else(|| AuthError::internal("The code could not be stored."))?;
     if will_queue {
-        budget::count_at_commit(transaction_start(), BUDGET.bucket_seconds);
+        budget::count_at_commit(lookup::now_seconds(), BUDGET.bucket_seconds);
     }
     Ok(Issued {
         id: Value::String(answered),

@@ -352,6 +352,16 @@ fn refresh(token: Option<&str>) -> Result<Tokens> {
     issue_with(&ROTATE_SQL, &cfg, &t.session_id, Some(&t.id))
 }
 
+const SIGN_OUT_LOCAL: &str =
+    "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'sign_out'
+     WHERE id = $2::uuid AND user_id = $1::uuid AND revoked_at IS NULL";
+const SIGN_OUT_GLOBAL: &str =
+    "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'sign_out'
+     WHERE user_id = $1::uuid AND revoked_at IS NULL";
+const SIGN_OUT_OTHERS: &str =
+    "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'sign_out'
+     WHERE user_id = $1::uuid AND id <> $2::uuid AND revoked_at IS NULL";
+
 fn sign_out(scope: Option<&str>) -> Result<Value> {
     let scope = required(scope, "scope")?;
     if !matches!(scope, "local" | "global" | "others") {
@@ -360,17 +370,16 @@ fn sign_out(scope: Option<&str>) -> Result<Value> {
         ));
     }
     let current = request::current_session()?;
+    // One statement per scope, each reading an index range of its own: a scope chosen inside
+    // the statement (CASE) cannot use an index and would read every live session of the install.
+    let revoke = match scope {
+        "local" => SIGN_OUT_LOCAL,
+        "global" => SIGN_OUT_GLOBAL,
+        _ => SIGN_OUT_OTHERS,
+    };
     db::run(
-        "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = 'sign_out'
-         WHERE revoked_at IS NULL AND CASE $3
-             WHEN 'local' THEN id = $2::uuid
-             WHEN 'global' THEN user_id = $1::uuid
-             ELSE user_id = $1::uuid AND id <> $2::uuid END",
-        &[
-            db::text(&current.user_id),
-            db::text(&current.session_id),
-            db::text(scope),
-        ],
+        revoke,
+        &[db::text(&current.user_id), db::text(&current.session_id)],
     )?;
     audit::record(
         "sign_out",

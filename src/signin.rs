@@ -374,7 +374,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
     let session_id = otp::time_ordered_uuid_text();
     let refresh_token_id = otp::time_ordered_uuid_text();
     // Signed in by SMS at the transaction's start, in whole seconds.
-    let now = lookup::epoch_seconds(lookup::now()).floor() as i64;
+    let now = lookup::now_seconds().floor() as i64;
     let amr = vec![AuthMethod {
         method: "sms".into(),
         timestamp: now,

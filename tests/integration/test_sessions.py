@@ -173,3 +173,26 @@ def test_claim_helpers_for_rls(db):
         assert conn.execute("SELECT auth.uid()").fetchone()[0] is None
         assert conn.execute("SELECT body FROM notes").fetchall() == []
     conn.close()
+
+
+def test_each_sign_out_scope_reads_only_the_callers_sessions(db):
+    """Signing out revokes by the session's key or the user's live sessions: a scope must not
+    make the statement read every live session of the install."""
+    db.q("INSERT INTO auth.users (id, phone, locale, default_role, roles) "
+         "SELECT gen_random_uuid(), '+1556' || lpad(i::text, 7, '0'), 'en', 'user', '{user}' "
+         "FROM generate_series(1, 3000) i")
+    db.q("INSERT INTO auth.sessions (user_id) SELECT id FROM auth.users")
+    for scope in ("local", "others", "global"):
+        a, b = db.sign_in(PHONE), db.sign_in(PHONE)
+        with db.connect() as conn, conn.transaction():
+            db.rpc("sign_out", role="authenticated", claims=db.claims_of(a), scope=scope, conn=conn)
+            # Rows read by sequential scans of auth.sessions plus entries read from its indexes.
+            read = conn.execute(
+                "SELECT sum(pg_stat_get_xact_tuples_returned(c::regclass)) FROM unnest(ARRAY["
+                "'auth.sessions', 'auth.sessions_pkey', 'auth.sessions_user']) c").fetchone()[0]
+        live = sessions(db, db.claims_of(a)["sub"])
+        assert live[db.claims_of(a)["session_id"]] is (scope == "others")
+        assert live[db.claims_of(b)["session_id"]] is (scope == "local")
+        assert 1 <= read < 50, scope
+    assert db.one("SELECT count(*) FROM auth.sessions WHERE revoked_at IS NULL "
+                  "AND user_id <> %s", db.claims_of(a)["sub"]) == 3000
