@@ -2,21 +2,14 @@
 
 use pg_otp_auth_core::error::AuthError;
 
-/// A jsonb result, written straight from Rust values as JSON text and read by `jsonb_in`:
-/// unlike pgrx's `JsonB`, it needs no `serde_json::Value` (a tree of maps built only to be
-/// printed), and raw JSON read from a statement (`RawValue`) passes through as it is.
-pub(crate) struct Answer(String);
+/// A jsonb result, built straight from Rust values (see `jsonb`): unlike pgrx's `JsonB`, it
+/// needs no `serde_json::Value` (a tree of maps built only to be printed) and no JSON text for
+/// `jsonb_in` to parse again.
+pub(crate) struct Answer(pub(crate) pgrx::pg_sys::Datum);
 
 impl pgrx::datum::IntoDatum for Answer {
     fn into_datum(self) -> Option<pgrx::pg_sys::Datum> {
-        let text = std::ffi::CString::new(self.0)
-            .expect("serde_json escapes NUL characters, so JSON text has none");
-        unsafe {
-            pgrx::direct_function_call_as_datum(
-                pgrx::pg_sys::jsonb_in,
-                &[Some(text.as_ptr().into())],
-            )
-        }
+        Some(self.0)
     }
 
     fn type_oid() -> pgrx::pg_sys::Oid {
@@ -31,17 +24,15 @@ unsafe impl pgrx::callconv::BoxRet for Answer {
         self,
         fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
     ) -> pgrx::datum::Datum<'fcx> {
-        use pgrx::datum::IntoDatum;
-        match self.into_datum() {
-            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
-            None => fcinfo.return_null(),
-        }
+        unsafe { fcinfo.return_raw_datum(self.0) }
     }
 }
 
-/// `v` as JSON text; a value that cannot be printed is an internal error.
-fn json_text<T: serde::Serialize>(v: &T) -> pg_otp_auth_core::error::Result<String> {
-    serde_json::to_string(v).map_err(|e| AuthError::internal(format!("Unprintable answer: {e}")))
+/// `v` as jsonb; a value that cannot be written is an internal error.
+fn jsonb_of<T: serde::Serialize + ?Sized>(
+    v: &T,
+) -> pg_otp_auth_core::error::Result<pgrx::pg_sys::Datum> {
+    crate::jsonb::to_jsonb(v).map_err(|e| AuthError::internal(format!("Unprintable answer: {e}")))
 }
 
 /// The tagged result the SQL wrappers unwrap (and raise from).
@@ -50,10 +41,9 @@ pub(crate) fn respond<T: serde::Serialize>(result: pg_otp_auth_core::error::Resu
     struct Tagged<'a, T> {
         ok: &'a T,
     }
-    let tagged =
-        |e: AuthError| serde_json::to_string(&e.to_result_json()).expect("an error prints");
-    Answer(match result.and_then(|v| json_text(&Tagged { ok: &v })) {
-        Ok(text) => text,
+    let tagged = |e: AuthError| jsonb_of(&e.to_result_json()).expect("an error is written");
+    Answer(match result.and_then(|v| jsonb_of(&Tagged { ok: &v })) {
+        Ok(datum) => datum,
         Err(e) => tagged(e),
     })
 }
@@ -90,9 +80,8 @@ fn palloc_text(s: &str) -> *mut std::ffi::c_char {
 
 /// The outcome of an API function's result: the answer as jsonb, or the error's parts.
 pub(crate) fn outcome<T: serde::Serialize>(result: pg_otp_auth_core::error::Result<T>) -> Outcome {
-    use pgrx::datum::IntoDatum;
-    match result.and_then(|v| json_text(&v)) {
-        Ok(text) => Outcome::Answered(Answer(text).into_datum().expect("jsonb_in answers a value")),
+    match result.and_then(|v| jsonb_of(&v)) {
+        Ok(datum) => Outcome::Answered(datum),
         Err(e) => Outcome::Refused {
             sqlstate: sqlstate_of(e.status),
             message: palloc_text(&e.message),

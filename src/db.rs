@@ -340,8 +340,14 @@ pub fn from_hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A jsonb argument, built directly (see `jsonb`) rather than printed for `jsonb_in` to parse.
 pub fn jsonb(v: Value) -> Arg<'static> {
-    JsonB(v).into()
+    match crate::jsonb::to_jsonb(&v) {
+        // SAFETY: a jsonb datum in the current memory context, which outlives the statement.
+        Ok(datum) => unsafe { DatumWithOid::new(crate::answer::Answer(datum), pg_sys::JSONBOID) },
+        // What jsonb_in refuses (a NUL character): its error, as before.
+        Err(_) => JsonB(v).into(),
+    }
 }
 
 pub fn text(s: &str) -> Arg<'_> {

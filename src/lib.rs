@@ -18,6 +18,7 @@ mod budget;
 mod config;
 mod db;
 mod dispatch;
+mod jsonb;
 mod lookup;
 mod mfa;
 mod outbox;
