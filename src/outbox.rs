@@ -302,16 +302,17 @@ static RECORD_SQL: LazyLock<String> = LazyLock::new(|| {
              ON CONFLICT (key, bucket_start, shard)
              DO UPDATE SET hits = r.hits + 1, last_at = greatest(r.last_at, excluded.last_at)),
          superseded_codes AS (
+             -- No gate on $7 (a null user matches no row): a one-time filter would add a
+             -- Result node for the executor to start on every send.
              UPDATE auth.otp_codes SET invalidated_at = now()
-             WHERE $7::uuid IS NOT NULL AND subject = $1 AND purpose = $8 AND user_id = $7::uuid
+             WHERE subject = $1 AND purpose = $8 AND user_id = $7::uuid
                AND consumed_at IS NULL AND invalidated_at IS NULL),
          superseded_messages AS (
              -- Not yet handed to a provider, they would only deliver a dead code.
              UPDATE auth.sms_outbox
              SET status = 'expired', body = NULL, captcha_token = NULL,
                  last_error = 'superseded by a newer code', updated_at = now()
-             WHERE $7::uuid IS NOT NULL AND phone = $1 AND purpose = $8 AND user_id = $7::uuid
-               AND status = 'queued'),
+             WHERE phone = $1 AND purpose = $8 AND user_id = $7::uuid AND status = 'queued'),
          code AS (
              INSERT INTO auth.otp_codes (id, user_id, purpose, subject, code_hash, expires_at)
              SELECT $13::uuid, $7::uuid, $8, $1, $9, now() + make_interval(secs => $10)
