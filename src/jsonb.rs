@@ -6,11 +6,13 @@
 //!
 //! The value is the one `jsonb_in` would read from `serde_json`'s text of the same Rust value:
 //! numbers are the same numerics (integers exactly, floats from the same shortest text),
-//! non-finite floats are null, later duplicate keys win. Raw JSON (`RawValue`, such as a user
-//! object a statement built) is read by `jsonb_in`, so its numbers stay exact.
+//! non-finite floats are null, later duplicate keys win. Raw JSON (`RawValue`, such as the user
+//! object a statement printed) is walked with serde_json, and each of its numbers read from its
+//! own text, so they stay exact.
 
 use pgrx::pg_sys;
 use serde::ser::{self, Serialize};
+use serde_json::value::RawValue;
 use std::fmt::Display;
 
 /// `v` as a jsonb datum, in the current memory context.
@@ -165,34 +167,81 @@ impl Builder {
         Ok(())
     }
 
-    /// Raw JSON text, read by `jsonb_in`, as a value in the current container.
+    /// Raw JSON text (a `RawValue`, valid JSON) as a value in the current container, walked
+    /// with serde_json: each number is read by `numeric_in` from its own text, as `jsonb_in`
+    /// reads it, so numbers stay exact.
     fn raw(&mut self, json: &str) -> Result<(), Error> {
-        let text = std::ffi::CString::new(json)
-            .map_err(|_| Error("Raw JSON contains a NUL character.".into()))?;
-        let datum = unsafe {
-            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())])
+        let text = json.trim_matches(|c: char| c.is_ascii_whitespace());
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                let Fields(fields) = serde_json::from_str(text)?;
+                self.begin(false);
+                for (key, v) in fields {
+                    self.key(&key)?;
+                    self.raw(v.get())?;
+                }
+                self.close();
+                Ok(())
+            }
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
+                self.begin(true);
+                for v in items {
+                    self.raw(v.get())?;
+                }
+                self.close();
+                Ok(())
+            }
+            Some(b'"') => {
+                let s: String = serde_json::from_str(text)?;
+                self.scalar(string(&s)?)
+            }
+            Some(b't' | b'f') => {
+                let b: bool = serde_json::from_str(text)?;
+                ser::Serializer::serialize_bool(self, b)
+            }
+            Some(b'n') => {
+                let () = serde_json::from_str(text)?;
+                ser::Serializer::serialize_unit(self)
+            }
+            _ => {
+                // A JSON number (checked as one), exact.
+                let _: serde::de::IgnoredAny = serde_json::from_str(text)?;
+                self.scalar(numeric_from_text(text))
+            }
         }
-        .expect("jsonb_in answers a value");
-        let jsonb = datum.cast_mut_ptr::<pg_sys::Jsonb>();
-        let mut v = value(pg_sys::jbvType::jbvBinary);
-        unsafe {
-            v.val.binary = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_4 {
-                len: (pgrx::varsize_any_exhdr(jsonb.cast())) as i32,
-                data: &mut (*jsonb).root,
-            };
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("Raw JSON is malformed: {e}"))
+    }
+}
+
+/// An object's members in their order, each value as its raw JSON text.
+struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(key) = map.next_key::<String>()? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(members))
+            }
         }
-        match self.stack.last() {
-            Some(true) => self.push(WJB_ELEM, &mut v),
-            Some(false) => self.push(WJB_VALUE, &mut v),
-            // Alone, it is the whole answer.
-            None => unsafe {
-                let root = pg_sys::palloc(std::mem::size_of::<pg_sys::JsonbValue>())
-                    .cast::<pg_sys::JsonbValue>();
-                root.write(v);
-                self.root = Some(root);
-            },
-        }
-        Ok(())
+        d.deserialize_map(Members)
     }
 }
 
@@ -758,6 +807,10 @@ mod tests {
         assert!(same(&RawValue::from_string(exact.into()).unwrap())
             .contains("12345678901234567890123.000000000000000000001"));
         same(&RawValue::from_string("\"alone\"".into()).unwrap());
+        let forms = r#" { "a\"b\u00e9\n": [-0, 1E+2, 0.10, -1.5e-3, 18446744073709551616, true, false, null,
+                          "\ud83d\ude00 \t \u0001", {}, [], {"k": 1, "k": [2]}] } "#;
+        same(&RawValue::from_string(forms.into()).unwrap());
+        assert!(to_jsonb(&RawValue::from_string(r#"{"s": "\u0000"}"#.into()).unwrap()).is_err());
         same(&std::collections::BTreeMap::from([
             (3, "three"),
             (10, "ten"),
