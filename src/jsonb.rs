@@ -442,61 +442,33 @@ impl<'a> ser::Serializer for &'a mut Builder {
     }
 }
 
-impl ser::SerializeSeq for &mut Builder {
-    type Ok = ();
-    type Error = Error;
+/// The serde traits of sequences: each value in turn, then the containers closed (an array, or
+/// for a tuple variant the array and the object around it).
+macro_rules! sequence {
+    ($($trait:ident :: $method:ident closes $closes:literal;)*) => {$(
+        impl ser::$trait for &mut Builder {
+            type Ok = ();
+            type Error = Error;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+                v.serialize(&mut **self)
+            }
 
-    fn end(self) -> Result<(), Error> {
-        self.close();
-        Ok(())
-    }
+            fn end(self) -> Result<(), Error> {
+                for _ in 0..$closes {
+                    self.close();
+                }
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for &mut Builder {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        self.close();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Builder {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        self.close();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Builder {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        self.close(); // the array
-        self.close(); // the object around it
-        Ok(())
-    }
+sequence! {
+    SerializeSeq::serialize_element closes 1;
+    SerializeTuple::serialize_element closes 1;
+    SerializeTupleStruct::serialize_field closes 1;
+    SerializeTupleVariant::serialize_field closes 2;
 }
 
 impl ser::SerializeMap for &mut Builder {
@@ -573,6 +545,15 @@ impl ser::SerializeStruct for Struct<'_> {
     }
 }
 
+/// Keys written as their text (`Display`).
+macro_rules! displayed_keys {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<String, Error> {
+            Ok(v.to_string())
+        }
+    )*};
+}
+
 /// An object key's text, as serde_json writes keys: strings as they are, numbers, booleans and
 /// characters as their text. (Also reads a `RawValue`'s JSON text, a string.)
 struct KeyText;
@@ -592,41 +573,16 @@ impl ser::Serializer for KeyText {
     type SerializeStruct = ser::Impossible<String, Error>;
     type SerializeStructVariant = ser::Impossible<String, Error>;
 
-    fn serialize_bool(self, b: bool) -> Result<String, Error> {
-        Ok(b.to_string())
-    }
-    fn serialize_i8(self, n: i8) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_i16(self, n: i16) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_i32(self, n: i32) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_i64(self, n: i64) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_u8(self, n: u8) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_u16(self, n: u16) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_u32(self, n: u32) -> Result<String, Error> {
-        Ok(n.to_string())
-    }
-    fn serialize_u64(self, n: u64) -> Result<String, Error> {
-        Ok(n.to_string())
+    displayed_keys! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_u8(u8), serialize_u16(u16), serialize_u32(u32),
+        serialize_u64(u64), serialize_char(char),
     }
     fn serialize_f32(self, _: f32) -> Result<String, Error> {
         Err(not_a_key())
     }
     fn serialize_f64(self, _: f64) -> Result<String, Error> {
         Err(not_a_key())
-    }
-    fn serialize_char(self, c: char) -> Result<String, Error> {
-        Ok(c.to_string())
     }
     fn serialize_str(self, s: &str) -> Result<String, Error> {
         Ok(s.to_string())

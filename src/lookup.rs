@@ -17,6 +17,8 @@
 
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::pg_sys;
+use rustc_hash::FxHashMap;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 
 /// A condition of a read on one column of its index, which the index evaluates.
@@ -123,38 +125,85 @@ pub(crate) fn auth_relation(name: &CStr) -> Option<pg_sys::Oid> {
     (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
-fn relation(name: &CStr) -> Result<pg_sys::Oid> {
-    auth_relation(name).ok_or_else(|| {
+thread_local! {
+    /// The oids of the relations read here, by name: forgotten whenever pg_class changes (a
+    /// syscache callback), as PostgreSQL forgets its own cached catalog rows.
+    static OIDS: RefCell<FxHashMap<&'static CStr, pg_sys::Oid>> = RefCell::default();
+    static OIDS_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// Attribute numbers by relation and column (the name's address), each checked against the
+    /// relation's tuple descriptor where it is used.
+    static ATTNUMS: RefCell<FxHashMap<(pg_sys::Oid, usize), i32>> = RefCell::default();
+}
+
+unsafe extern "C-unwind" fn forget_oids(_: pg_sys::Datum, _: std::ffi::c_int, _: u32) {
+    OIDS.with(|o| o.borrow_mut().clear());
+}
+
+/// The oid of relation auth.`name`, from the cache above or the catalogs.
+fn relation(name: &'static CStr) -> Result<pg_sys::Oid> {
+    if let Some(oid) = OIDS.with(|o| o.borrow().get(name).copied()) {
+        return Ok(oid);
+    }
+    if !OIDS_CALLBACK.get() {
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::RELNAMENSP as i32,
+                Some(forget_oids),
+                pg_sys::Datum::from(0),
+            )
+        };
+        OIDS_CALLBACK.set(true);
+    }
+    let oid = auth_relation(name).ok_or_else(|| {
         AuthError::internal(format!(
             "The relation auth.{} is missing.",
             name.to_string_lossy()
         ))
-    })
+    })?;
+    OIDS.with(|o| o.borrow_mut().insert(name, oid));
+    Ok(oid)
 }
 
-/// The attribute number of `column` in `desc`.
-fn attnum(desc: pg_sys::TupleDesc, column: &CStr) -> Result<i32> {
+/// Whether attribute `attnum` of `desc` is the live column `column`.
+fn attribute_is(desc: pg_sys::TupleDesc, attnum: i32, column: &CStr) -> bool {
     let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) };
-    desc.iter()
-        .find(|a| !a.attisdropped && a.name().as_bytes() == column.to_bytes())
-        .map(|a| a.attnum as i32)
+    attnum >= 1
+        && desc.get(attnum as usize - 1).is_some_and(|att| {
+            !att.attisdropped && unsafe { CStr::from_ptr(att.attname.data.as_ptr()) } == column
+        })
+}
+
+/// The attribute number of `column` in `desc` (of relation `relid`).
+fn attnum(relid: pg_sys::Oid, desc: pg_sys::TupleDesc, column: &'static CStr) -> Result<i32> {
+    let key = (relid, column.as_ptr() as usize);
+    if let Some(n) = ATTNUMS.with(|a| a.borrow().get(&key).copied()) {
+        if attribute_is(desc, n, column) {
+            return Ok(n);
+        }
+    }
+    let natts = unsafe { (*desc).natts };
+    // Not cached, or the column moved (a dropped and re-added column): found by name.
+    let n = (1..=natts)
+        .find(|&n| attribute_is(desc, n, column))
         .ok_or_else(|| {
             AuthError::internal(format!(
                 "The column {} is missing.",
                 column.to_string_lossy()
             ))
-        })
+        })?;
+    ATTNUMS.with(|a| a.borrow_mut().insert(key, n));
+    Ok(n)
 }
 
 /// Reads the rows of auth.`table` that index `index` finds for `conds` (each on a column of the
 /// index, by name), in the index's `order`, and hands each to `each` until it answers false.
 /// `columns` names the columns `each` reads, by position. Must run inside [`statement`].
 pub(crate) fn scan(
-    table: &CStr,
-    index: &CStr,
-    conds: &[(&CStr, Cond)],
+    table: &'static CStr,
+    index: &'static CStr,
+    conds: &[(&'static CStr, Cond)],
     order: Order,
-    columns: &[&CStr],
+    columns: &[&'static CStr],
     mut each: impl FnMut(&Row) -> bool,
 ) -> Result<()> {
     let relid = relation(table)?;
@@ -163,7 +212,7 @@ pub(crate) fn scan(
         let heap = pg_sys::table_open(relid, pg_sys::AccessShareLock as _);
         let irel = pg_sys::index_open(indexid, pg_sys::AccessShareLock as _);
         let desc = (*heap).rd_att;
-        let prepared = prepare(heap, irel, conds, columns);
+        let prepared = prepare(relid, heap, irel, conds, columns);
         let (mut keys, attnums) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -207,15 +256,16 @@ pub(crate) fn scan(
 
 /// The scan keys of `conds` and the attribute numbers of `columns` in `heap`.
 unsafe fn prepare(
+    relid: pg_sys::Oid,
     heap: pg_sys::Relation,
     irel: pg_sys::Relation,
-    conds: &[(&CStr, Cond)],
-    columns: &[&CStr],
+    conds: &[(&'static CStr, Cond)],
+    columns: &[&'static CStr],
 ) -> Result<(Vec<pg_sys::ScanKeyData>, Vec<i32>)> {
     let desc = unsafe { (*heap).rd_att };
     let mut keys = Vec::with_capacity(conds.len());
     for (column, cond) in conds {
-        let attno = attnum(desc, column)?;
+        let attno = attnum(relid, desc, column)?;
         // Compared in the index column's collation, as the index is ordered.
         let collation = unsafe { index_collation(irel, attno) }.ok_or_else(|| {
             AuthError::internal(format!(
@@ -267,7 +317,7 @@ unsafe fn prepare(
     }
     let attnums = columns
         .iter()
-        .map(|c| attnum(desc, c))
+        .map(|c| attnum(relid, desc, c))
         .collect::<Result<Vec<_>>>()?;
     Ok((keys, attnums))
 }

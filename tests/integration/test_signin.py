@@ -479,3 +479,34 @@ def test_per_ip_verification_limit(db):
     assert db.one("SELECT count(*) FROM auth.sessions") == 0
     assert db.rpc("verify_sms_otp", phone="+15550607100", otp=code,
                   headers={"x-forwarded-for": "198.51.100.8"})["session"]
+
+
+def test_reads_by_index_follow_the_tables_when_they_change(db):
+    """The index reads keep each relation's oid and each column's number for the life of the
+    connection: a column that moved, and tables dropped and made again, are read right on a
+    connection that read them before."""
+    db.setting("otp_max_attempts", 2)
+    with db.connect() as conn:
+        def sign_in(phone):
+            db.rpc("send_sms_otp", phone=phone, conn=conn)
+            return db.rpc("verify_sms_otp", phone=phone, otp=db.last_code(phone), conn=conn)
+        assert sign_in(PHONE)["session"]
+        # `attempts` gets another attribute number; a stale one would read the dropped column
+        # (null, counted as out of attempts) and refuse every right code.
+        db.q("ALTER TABLE auth.otp_codes DROP COLUMN attempts")
+        db.q("ALTER TABLE auth.otp_codes ADD COLUMN attempts integer NOT NULL DEFAULT 0")
+        assert sign_in(PHONE)["session"]
+        db.rpc("send_sms_otp", phone=PHONE, conn=conn)
+        code = db.last_code(PHONE)
+        for _ in range(2):
+            with raises_auth(401, "invalid-otp"):
+                db.rpc("verify_sms_otp", phone=PHONE, otp="000000" if code != "000000" else "111111",
+                       conn=conn)
+        with raises_auth(401, "invalid-otp"):  # out of attempts: read from the moved column
+            db.rpc("verify_sms_otp", phone=PHONE, otp=code, conn=conn)
+        # Every table made again, with new oids.
+        db.q("DROP EXTENSION pg_otp_auth CASCADE")
+        db.q("CREATE EXTENSION pg_otp_auth")
+        session = sign_in(PHONE)["session"]
+        assert db.one("SELECT count(*) FROM auth.sessions") == 1
+        assert session["user"]["phone"] == PHONE
