@@ -113,21 +113,9 @@ pub(crate) fn user_uuid(id: &str) -> Result<uuid::Uuid> {
     uuid::Uuid::parse_str(id).map_err(|_| AuthError::internal("A user id is malformed."))
 }
 
-/// The oid of relation `name` in schema auth, if there is one.
-pub(crate) fn auth_relation(name: &CStr) -> Option<pg_sys::Oid> {
-    let oid = unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"auth".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            return None;
-        }
-        pg_sys::get_relname_relid(name.as_ptr(), nsp)
-    };
-    (oid != pg_sys::InvalidOid).then_some(oid)
-}
-
 thread_local! {
-    /// The oids of the relations read here, by name: forgotten whenever pg_class changes (a
-    /// syscache callback), as PostgreSQL forgets its own cached catalog rows.
+    /// The oids of auth's relations by name: forgotten whenever pg_class changes (a syscache
+    /// callback), as PostgreSQL forgets its own cached catalog rows.
     static OIDS: RefCell<FxHashMap<&'static CStr, pg_sys::Oid>> = RefCell::default();
     static OIDS_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// Attribute numbers by relation and column (the name's address), each checked against the
@@ -139,10 +127,11 @@ unsafe extern "C-unwind" fn forget_oids(_: pg_sys::Datum, _: std::ffi::c_int, _:
     OIDS.with(|o| o.borrow_mut().clear());
 }
 
-/// The oid of relation auth.`name`, from the cache above or the catalogs.
-fn relation(name: &'static CStr) -> Result<pg_sys::Oid> {
+/// The oid of relation `name` in schema auth, if there is one: from the cache above, or the
+/// catalogs.
+pub(crate) fn auth_relation(name: &'static CStr) -> Option<pg_sys::Oid> {
     if let Some(oid) = OIDS.with(|o| o.borrow().get(name).copied()) {
-        return Ok(oid);
+        return Some(oid);
     }
     if !OIDS_CALLBACK.get() {
         unsafe {
@@ -154,14 +143,25 @@ fn relation(name: &'static CStr) -> Result<pg_sys::Oid> {
         };
         OIDS_CALLBACK.set(true);
     }
-    let oid = auth_relation(name).ok_or_else(|| {
+    let oid = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"auth".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        pg_sys::get_relname_relid(name.as_ptr(), nsp)
+    };
+    let oid = (oid != pg_sys::InvalidOid).then_some(oid)?;
+    OIDS.with(|o| o.borrow_mut().insert(name, oid));
+    Some(oid)
+}
+
+fn relation(name: &'static CStr) -> Result<pg_sys::Oid> {
+    auth_relation(name).ok_or_else(|| {
         AuthError::internal(format!(
             "The relation auth.{} is missing.",
             name.to_string_lossy()
         ))
-    })?;
-    OIDS.with(|o| o.borrow_mut().insert(name, oid));
-    Ok(oid)
+    })
 }
 
 /// Whether attribute `attnum` of `desc` is the live column `column`.
