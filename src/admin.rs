@@ -109,7 +109,7 @@ fn create_user(
             db::opt_text(c.display_name.flatten().as_deref()),
             db::text(c.locale.as_deref().unwrap_or(&cfg.default_locale)),
             db::jsonb(c.metadata.unwrap_or_else(|| json!({}))),
-            db::jsonb(json!(roles)),
+            db::jsonb(&roles),
             db::text(&default_role),
         ],
     )?

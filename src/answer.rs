@@ -5,7 +5,7 @@ use pg_otp_auth_core::error::AuthError;
 /// A jsonb result, built straight from Rust values (see `jsonb`): unlike pgrx's `JsonB`, it
 /// needs no `serde_json::Value` (a tree of maps built only to be printed) and no JSON text for
 /// `jsonb_in` to parse again.
-pub(crate) struct Answer(pub(crate) pgrx::pg_sys::Datum);
+pub(crate) struct Answer(pgrx::pg_sys::Datum);
 
 impl pgrx::datum::IntoDatum for Answer {
     fn into_datum(self) -> Option<pgrx::pg_sys::Datum> {

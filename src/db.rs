@@ -18,7 +18,6 @@
 use pg_otp_auth_core::error::{AuthError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -340,14 +339,12 @@ pub fn from_hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A jsonb argument, built directly (see `jsonb`) rather than printed for `jsonb_in` to parse.
-pub fn jsonb(v: Value) -> Arg<'static> {
-    match crate::jsonb::to_jsonb(&v) {
-        // SAFETY: a jsonb datum in the current memory context, which outlives the statement.
-        Ok(datum) => unsafe { DatumWithOid::new(crate::answer::Answer(datum), pg_sys::JSONBOID) },
-        // What jsonb_in refuses (a NUL character): its error, as before.
-        Err(_) => JsonB(v).into(),
-    }
+/// A jsonb argument, built directly from `v` (see `jsonb`) rather than printed for `jsonb_in`
+/// to parse. What jsonb refuses (a NUL character) raises an error, as `jsonb_in` did.
+pub fn jsonb(v: impl serde::Serialize) -> Arg<'static> {
+    let datum = crate::jsonb::to_jsonb(&v).unwrap_or_else(|e| pgrx::error!("pg_otp_auth: {e}"));
+    // SAFETY: a jsonb datum in the current memory context, which outlives the statement.
+    unsafe { DatumWithOid::new(datum, pg_sys::JSONBOID) }
 }
 
 pub fn text(s: &str) -> Arg<'_> {

@@ -39,8 +39,8 @@ fn insert_user(phone: &str, p: &Profile, ip: Option<&str>) -> Result<Recipient> 
             db::text(phone),
             db::text(&p.locale),
             db::text(&p.default_role),
-            db::jsonb(json!(p.roles)),
-            db::jsonb(p.metadata.clone()),
+            db::jsonb(&p.roles),
+            db::jsonb(&p.metadata),
             db::opt_text(p.display_name.as_deref()),
         ],
     )?
@@ -392,7 +392,7 @@ fn verify_sms_otp(phone: Option<&str>, code: Option<&str>) -> Result<session::Gr
             needs_totp.into(),
             db::opt_text(totp.then_some("totp")),
             db::text(&refresh_token_id),
-            db::jsonb(json!(amr)),
+            db::jsonb(&amr),
         ],
     )?
     // Consumed, superseded, expired or out of attempts since it was judged.
