@@ -245,6 +245,24 @@ impl<'de> serde::Deserialize<'de> for Fields<'de> {
     }
 }
 
+/// An integer as a numeric: through `int64_to_numeric` when it fits in 64 bits, else read from
+/// its decimal text.
+fn numeric_integer<T: TryInto<i64> + Display + Copy>(n: T) -> pg_sys::JsonbValue {
+    match n.try_into() {
+        Ok(small) => numeric_i64(small),
+        Err(_) => numeric_from_text(&n.to_string()),
+    }
+}
+
+/// The serializer's integer methods: each a numeric (see `numeric_integer`).
+macro_rules! integers {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method(self, n: $ty) -> Result<(), Error> {
+            self.scalar(numeric_integer(n))
+        }
+    )*};
+}
+
 impl<'a> ser::Serializer for &'a mut Builder {
     type Ok = ();
     type Error = Error;
@@ -262,50 +280,10 @@ impl<'a> ser::Serializer for &'a mut Builder {
         self.scalar(v)
     }
 
-    fn serialize_i8(self, n: i8) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_i16(self, n: i16) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_i32(self, n: i32) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_i64(self, n: i64) -> Result<(), Error> {
-        self.scalar(numeric_i64(n))
-    }
-
-    fn serialize_i128(self, n: i128) -> Result<(), Error> {
-        match i64::try_from(n) {
-            Ok(n) => self.serialize_i64(n),
-            Err(_) => self.scalar(numeric_from_text(&n.to_string())),
-        }
-    }
-
-    fn serialize_u8(self, n: u8) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_u16(self, n: u16) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_u32(self, n: u32) -> Result<(), Error> {
-        self.serialize_i64(n.into())
-    }
-
-    fn serialize_u64(self, n: u64) -> Result<(), Error> {
-        self.serialize_i128(n.into())
-    }
-
-    fn serialize_u128(self, n: u128) -> Result<(), Error> {
-        match i64::try_from(n) {
-            Ok(n) => self.serialize_i64(n),
-            Err(_) => self.scalar(numeric_from_text(&n.to_string())),
-        }
+    integers! {
+        serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64),
+        serialize_i128(i128), serialize_u8(u8), serialize_u16(u16), serialize_u32(u32),
+        serialize_u64(u64), serialize_u128(u128),
     }
 
     fn serialize_f32(self, n: f32) -> Result<(), Error> {
