@@ -161,6 +161,13 @@ impl Builder {
         self.push(token, std::ptr::null_mut());
     }
 
+    /// An enum variant with content, as serde_json writes it: an object of one key, the
+    /// variant's name, whose value comes next.
+    fn variant(&mut self, name: &str) -> Result<(), Error> {
+        self.begin(false);
+        self.key(name)
+    }
+
     fn key(&mut self, key: &str) -> Result<(), Error> {
         let mut k = string(key)?;
         self.push(WJB_KEY, &mut k);
@@ -360,8 +367,7 @@ impl<'a> ser::Serializer for &'a mut Builder {
         name: &'static str,
         v: &T,
     ) -> Result<(), Error> {
-        self.begin(false);
-        self.key(name)?;
+        self.variant(name)?;
         v.serialize(&mut *self)?;
         self.close();
         Ok(())
@@ -387,8 +393,7 @@ impl<'a> ser::Serializer for &'a mut Builder {
         name: &'static str,
         _: usize,
     ) -> Result<Self, Error> {
-        self.begin(false);
-        self.key(name)?;
+        self.variant(name)?;
         self.begin(true);
         Ok(self)
     }
@@ -413,8 +418,7 @@ impl<'a> ser::Serializer for &'a mut Builder {
         name: &'static str,
         _: usize,
     ) -> Result<Self, Error> {
-        self.begin(false);
-        self.key(name)?;
+        self.variant(name)?;
         self.begin(false);
         Ok(self)
     }
